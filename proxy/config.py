@@ -1,0 +1,674 @@
+"""sites.yaml text -> one frozen Config, every value knowing its FILE:LINE:COL.
+
+Pure: no sockets, no event loop. The only outside question, whether a static root exists,
+is asked through the `check_root` function the caller passes in (load_config passes the disk).
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+from urllib.parse import urlsplit
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from proxy.errors import ConfigError, ConfigErrors, ListenError, Mark
+
+try:  # libyaml is ~10x faster on big files; both keep node positions.
+    from yaml import CSafeLoader as _Loader
+except ImportError:  # pragma: no cover - depends on how PyYAML was built
+    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+
+DEFAULT_HTTP_PORT = 7080
+DEFAULT_CONNECT_TIMEOUT = 5.0
+# Hosts that reach the proxy itself (index page, /api/sites); never usable as a site.
+OWN_HOSTS = frozenset({"localhost", "proxy.localhost", "127.0.0.1", "::1", "[::1]"})
+LOOPBACK_ADDRESSES = ("127.0.0.1", "::1")
+
+TOP_KEYS = ("listen", "sites")
+LISTEN_KEYS = ("http",)
+UPSTREAM_OPTIONS = ("preserve_host", "connect_timeout", "verify")
+SITE_KEYS = ("upstream", "root", "spa", "routes", *UPSTREAM_OPTIONS)
+ROUTE_KEYS = (*SITE_KEYS, "strip_prefix")
+
+_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
+
+
+# ---------------------------------------------------------------- the frozen result
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    """Where a listener binds. host None means 127.0.0.1 and [::1] on the same port."""
+
+    host: str | None
+    port: int
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return LOOPBACK_ADDRESSES if self.host is None else (self.host,)
+
+    @property
+    def is_loopback(self) -> bool:
+        return all(ipaddress.ip_address(h).is_loopback for h in self.hosts)
+
+    def __str__(self) -> str:
+        if self.host is None:
+            return str(self.port)
+        return f"{format_host(self.host)}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One address a site forwards to. host "localhost" is dialed on 127.0.0.1 and ::1."""
+
+    scheme: str  # "http" or "https"
+    host: str  # IPv6 without brackets
+    port: int
+
+    @property
+    def dial_hosts(self) -> tuple[str, ...]:
+        # Vite on recent Node listens on ::1 only, most other servers on 127.0.0.1 only.
+        return LOOPBACK_ADDRESSES if self.host == "localhost" else (self.host,)
+
+    @property
+    def is_loopback(self) -> bool:
+        return all(_is_loopback_host(h) for h in self.dial_hosts)
+
+    @property
+    def authority(self) -> str:
+        return f"{format_host(self.host)}:{self.port}"
+
+    @property
+    def tried_addresses(self) -> tuple[str, ...]:
+        """Every host:port this upstream dials, for logs and error pages."""
+        return tuple(f"{format_host(h)}:{self.port}" for h in self.dial_hosts)
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.authority}"
+
+
+@dataclass(frozen=True, slots=True)
+class Upstreams:
+    """A route served by one or more upstreams, taken in turn."""
+
+    addresses: tuple[Upstream, ...]
+    preserve_host: bool = True
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    verify: bool | None = None  # None: verify certificates of non-loopback upstreams only
+
+    def should_verify(self, upstream: Upstream) -> bool:
+        return self.verify if self.verify is not None else not upstream.is_loopback
+
+    def describe(self) -> str:
+        return ", ".join(_describe_upstream(u) for u in self.addresses)
+
+
+@dataclass(frozen=True, slots=True)
+class StaticRoot:
+    """A route served from files under `path` (absolute, not yet resolved)."""
+
+    path: str
+    spa: bool = False
+
+    def describe(self) -> str:
+        return f"files in {self.path}" + (" (spa)" if self.spa else "")
+
+
+Target = Union[Upstreams, StaticRoot]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A path prefix of a site and where its requests go."""
+
+    prefix: str  # "/" or "/api": no trailing slash, matched on segment boundaries
+    target: Target
+    mark: Mark
+    strip_prefix: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """One host name and its routes, longest prefix first."""
+
+    host: str  # lower case, e.g. "app1.localhost" or "*.preview.localhost"
+    routes: tuple[Route, ...]
+    mark: Mark
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.host.startswith("*.")
+
+    def describe(self) -> str:
+        """The target in one line, as the sites table and the reload log show it."""
+        if len(self.routes) == 1 and self.routes[0].prefix == "/":
+            return self.routes[0].target.describe()
+        return ", ".join(f"{r.prefix} -> {r.target.describe()}" for r in self.routes)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything sites.yaml says, validated. Never mutated: a reload builds a new one."""
+
+    file: str
+    folder: str
+    listen_http: ListenAddress
+    sites: tuple[Site, ...] = field(default=())
+
+
+# ---------------------------------------------------------------- helpers shared with the CLI
+
+
+def format_host(host: str) -> str:
+    """Return host as it appears before :port (IPv6 in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _describe_upstream(upstream: Upstream) -> str:
+    return upstream.authority if upstream.scheme == "http" else str(upstream)
+
+
+def _canonical_ip(host: str) -> str | None:
+    """Return host as a canonical IP address, or None if it is not one.
+
+    inet_aton accepts the legacy forms the OS accepts too ("0", "127.1", "0x7f.1"),
+    so "0:0" is seen for what it is: every interface.
+    """
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        return socket.inet_ntoa(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
+def parse_listen_address(text: str) -> ListenAddress:
+    """Return the address for `PORT`, `HOST:PORT` or `[IPv6]:PORT`; raise ListenError."""
+    text = text.strip()
+    if text.isascii() and text.isdigit():
+        return ListenAddress(None, _listen_port(text, text))
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ListenError(f"{text!r}: write an IPv6 listen address as [::1]:PORT")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or ":" in host:
+            raise ListenError(
+                f"{text!r} is not PORT, HOST:PORT or [IPv6]:PORT (for example 7080 or 127.0.0.1:7080)"
+            )
+    port_number = _listen_port(port, text)
+    if host.lower() == "localhost":
+        return ListenAddress(None, port_number)
+    ip = _canonical_ip(host)
+    if ip is None:
+        raise ListenError(f"{text!r}: listen on an IP address such as 127.0.0.1 or [::1], not {host!r}")
+    return ListenAddress(ip, port_number)
+
+
+def _listen_port(port: str, whole: str) -> int:
+    # isdigit() alone accepts "²", which int() refuses.
+    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
+        raise ListenError(f"{whole!r}: the port must be a number from 0 to 65535")
+    return int(port)
+
+
+def normalize_site_name(name: str) -> str:
+    """Return the host a sites.yaml key stands for: lower case, `.localhost` added when dotless."""
+    host = name.strip().lower().rstrip(".")
+    if "." not in host and host not in ("*", "localhost") and ":" not in host:
+        host += ".localhost"
+    return host
+
+
+# ---------------------------------------------------------------- parsing
+
+
+RootChecker = Callable[[str], "str | None"]
+
+
+def parse_config(
+    text: str,
+    file: str,
+    *,
+    folder: str | None = None,
+    check_root: RootChecker = lambda path: None,
+) -> Config:
+    """Return the Config that sites.yaml text describes; raise ConfigErrors listing every problem.
+
+    `folder` anchors relative roots (default: the file's folder); `check_root(abs_path)` returns
+    a problem with a static root in words, or None.
+    """
+    parser = _Parser(file, folder or os.path.dirname(os.path.abspath(file)), check_root)
+    config = parser.parse(text)
+    if parser.errors:
+        raise ConfigErrors(parser.errors)
+    assert config is not None
+    return config
+
+
+class _Parser:
+    def __init__(self, file: str, folder: str, check_root: RootChecker) -> None:
+        self.file = file
+        self.folder = folder
+        self.check_root = check_root
+        self.errors: list[ConfigError] = []
+
+    # -- plumbing
+
+    def mark(self, node: Node) -> Mark:
+        return Mark(self.file, node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def error(self, node: Node, message: str) -> None:
+        self.errors.append(ConfigError(self.mark(node), message))
+
+    def mapping_items(self, node: MappingNode, known: tuple[str, ...], where: str) -> dict[str, tuple[ScalarNode, Node]]:
+        """Return key -> (key node, value node); report duplicate and unknown keys."""
+        items: dict[str, tuple[ScalarNode, Node]] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, ScalarNode) or key_node.value == "":
+                self.error(key_node, f"a key in {where} must be a plain name")
+                continue
+            key = str(key_node.value)
+            if key in items:
+                first = self.mark(items[key][0])
+                self.error(key_node, f"duplicate key {key!r} (first at line {first.line}); YAML would keep only one, so remove or rename one")
+                continue
+            if key not in known:
+                self.error(key_node, f"unknown key {key!r} in {where}{_did_you_mean(key, known)}; known keys: {', '.join(known)}")
+                continue
+            items[key] = (key_node, value_node)
+        return items
+
+    def scalar(self, node: Node) -> object:
+        """Return the Python value of a scalar node (int, float, bool, str or None)."""
+        if not isinstance(node, ScalarNode):
+            return node
+        try:
+            return yaml.constructor.SafeConstructor().construct_object(node)  # type: ignore[no-untyped-call]
+        except (yaml.YAMLError, ValueError, KeyError, TypeError):
+            # `!foo 3000` or `!!int abc`: the caller judges the text as written and says what is wrong.
+            return node.value
+
+    # -- top level
+
+    def parse(self, text: str) -> Config | None:
+        try:
+            root = yaml.compose(text, Loader=_Loader)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            problem = " ".join(p for p in (exc.context, exc.problem) if p)
+            self.errors.append(ConfigError(Mark(self.file, line, col), f"YAML syntax error: {problem}; check indentation and quoting on this line"))
+            return None
+        except yaml.YAMLError as exc:
+            self.errors.append(ConfigError(Mark(self.file, 1, 1), f"YAML error: {exc}"))
+            return None
+        if root is None or (isinstance(root, ScalarNode) and root.value == ""):
+            self.errors.append(ConfigError(Mark(self.file, 1, 1), "the file is empty: add a `sites:` mapping, for example `sites: {app1: 3000}`"))
+            return None
+        if not isinstance(root, MappingNode):
+            self.error(root, "the top level must be a mapping with `sites:` (and optionally `listen:`)")
+            return None
+        items = self.mapping_items(root, TOP_KEYS, "the top level")
+        listen_http = ListenAddress(None, DEFAULT_HTTP_PORT)
+        if "listen" in items:
+            listen_http = self.parse_listen(items["listen"][1]) or listen_http
+        sites: tuple[Site, ...] = ()
+        if "sites" in items:
+            sites = self.parse_sites(items["sites"][1])
+        elif not self.errors:
+            self.error(root, "no `sites:` mapping: add one, for example `sites: {app1: 3000}`")
+        return Config(self.file, self.folder, listen_http, sites)
+
+    def parse_listen(self, node: Node) -> ListenAddress | None:
+        if not isinstance(node, MappingNode):
+            self.error(node, "`listen:` must be a mapping such as `listen: {http: 7080}`")
+            return None
+        items = self.mapping_items(node, LISTEN_KEYS, "listen")
+        if "http" not in items:
+            return None
+        value_node = items["http"][1]
+        value = self.scalar(value_node)
+        if not isinstance(value, (int, str)) or isinstance(value, bool):
+            self.error(value_node, "`http:` must be PORT, HOST:PORT or [IPv6]:PORT, for example 7080")
+            return None
+        try:
+            return parse_listen_address(str(value))
+        except ListenError as exc:
+            self.error(value_node, str(exc))
+            return None
+
+    def parse_sites(self, node: Node) -> tuple[Site, ...]:
+        if isinstance(node, ScalarNode) and node.value in ("", "~", "null"):
+            return ()  # every site commented out: the proxy still serves its index page
+        if not isinstance(node, MappingNode):
+            self.error(node, "`sites:` must be a mapping of host names to targets, for example `app1: 3000`")
+            return ()
+        sites: list[Site] = []
+        seen: dict[str, tuple[str, Mark]] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, ScalarNode) or key_node.value == "":
+                self.error(key_node, "a site name must be a plain host name such as app1 or app1.localhost")
+                continue
+            name = str(key_node.value)
+            host = self.parse_host(key_node, name)
+            if host is None:
+                continue
+            mark = self.mark(key_node)
+            if host in seen:
+                first_name, first = seen[host]
+                if first_name == name:
+                    self.error(key_node, f"duplicate key {name!r} (first at line {first.line}); YAML would keep only one, so remove or rename one")
+                else:
+                    self.error(key_node, f"{host} is already defined at line {first.line} ({first_name} and {name} are the same host); remove one of them")
+                continue
+            seen[host] = (name, mark)
+            routes = self.parse_site_value(value_node)
+            if routes:
+                sites.append(Site(host, routes, mark))
+        return tuple(sites)
+
+    def parse_host(self, node: ScalarNode, name: str) -> str | None:
+        host = normalize_site_name(name)
+        if host in OWN_HOSTS or host.strip("[]") in OWN_HOSTS:
+            self.error(node, f"{host} is the proxy's own address (its index page); pick another name, such as app.localhost")
+            return None
+        if _is_ip_literal(host.strip("[]")):
+            self.error(node, f"{name!r} is an IP address; a site needs a host name such as app1.localhost")
+            return None
+        labels = host.split(".")
+        for i, label in enumerate(labels):
+            if label == "*" and i == 0 and len(labels) > 1:
+                continue
+            if not _LABEL.match(label):
+                hint = " (`*` may only stand alone as the first label, as in *.preview.localhost)" if "*" in label or label == "*" else ""
+                if not label.isascii():
+                    hint = " (write international names in their xn-- form)"
+                self.error(node, f"{name!r} is not a valid host name{hint}")
+                return None
+        return host
+
+    # -- site and route values
+
+    def parse_site_value(self, node: Node) -> tuple[Route, ...]:
+        """Return the routes for one site, longest prefix first."""
+        if isinstance(node, MappingNode) and any(getattr(k, "value", None) == "routes" for k, _ in node.value):
+            items = self.mapping_items(node, SITE_KEYS, "a site")
+            for key in ("upstream", "root", "spa"):
+                if key in items:
+                    self.error(items[key][0], f"`{key}:` cannot sit beside `routes:`; put it under a route such as `/: ...`")
+            defaults = self.upstream_options(items, Upstreams(()))
+            return self.parse_routes(items["routes"][1], defaults)
+        target = self.parse_target(node, Upstreams(()), SITE_KEYS, "a site")
+        if target is None:
+            return ()
+        return (Route("/", target[0], self.mark(node), strip_prefix=False),)
+
+    def parse_routes(self, node: Node, defaults: Upstreams) -> tuple[Route, ...]:
+        if not isinstance(node, MappingNode) or not node.value:
+            self.error(node, "`routes:` must map path prefixes to targets, for example `/api: 8000`")
+            return ()
+        routes: dict[str, Route] = {}
+        for key_node, value_node in node.value:
+            raw = str(getattr(key_node, "value", ""))
+            if not raw.startswith("/"):
+                self.error(key_node, f"route {raw!r} must be a path starting with /, such as /api")
+                continue
+            if "?" in raw or "#" in raw or "*" in raw:
+                self.error(key_node, f"route {raw!r} must be a plain path prefix (no ?, # or *); /api already covers /api/anything")
+                continue
+            prefix = raw.rstrip("/") or "/"
+            if prefix in routes:
+                first = routes[prefix].mark
+                self.error(key_node, f"route {prefix} is already defined at line {first.line}; remove one of them")
+                continue
+            parsed = self.parse_target(value_node, defaults, ROUTE_KEYS, f"route {prefix}")
+            if parsed is not None:
+                target, strip_prefix = parsed
+                routes[prefix] = Route(prefix, target, self.mark(key_node), strip_prefix)
+        return tuple(sorted(routes.values(), key=lambda r: len(r.prefix), reverse=True))
+
+    def parse_target(self, node: Node, defaults: Upstreams, known: tuple[str, ...], where: str) -> tuple[Target, bool] | None:
+        """Return (target, strip_prefix) for a port, address, URL, list or mapping."""
+        if isinstance(node, (ScalarNode, SequenceNode)):
+            addresses = self.parse_upstream_list(node)
+            if addresses is None:
+                return None
+            return Upstreams(addresses, defaults.preserve_host, defaults.connect_timeout, defaults.verify), False
+        if not isinstance(node, MappingNode):
+            self.error(node, f"{where} must be a port, host:port, URL, list or mapping")
+            return None
+        errors_before = len(self.errors)
+        items = self.mapping_items(node, known, where)
+        if "routes" in items and known == ROUTE_KEYS:
+            self.error(items["routes"][0], "routes cannot be nested; list every prefix under the site's `routes:`")
+            return None
+        strip_prefix = self.flag(items, "strip_prefix", False)
+        has_upstream, has_root = "upstream" in items, "root" in items
+        if has_upstream and has_root:
+            self.error(items["root"][0], "use either `upstream:` or `root:`, not both")
+            return None
+        if has_root:
+            for key in UPSTREAM_OPTIONS:
+                if key in items:
+                    self.error(items[key][0], f"`{key}:` applies to upstreams, not to a static `root:`")
+            root = self.parse_root(items["root"][1])
+            spa = self.flag(items, "spa", False)
+            return (StaticRoot(root, spa), strip_prefix) if root is not None else None
+        if "spa" in items:
+            self.error(items["spa"][0], "`spa:` applies only beside `root:` (a folder of static files)")
+        if not has_upstream:
+            if len(self.errors) == errors_before:  # an unknown key already explained it
+                self.error(node, f"{where} needs `upstream:` (a port, address or URL) or `root:` (a folder)")
+            return None
+        addresses = self.parse_upstream_list(items["upstream"][1])
+        options = self.upstream_options(items, defaults)
+        if addresses is None:
+            return None
+        return Upstreams(addresses, options.preserve_host, options.connect_timeout, options.verify), strip_prefix
+
+    def upstream_options(self, items: dict[str, tuple[ScalarNode, Node]], defaults: Upstreams) -> Upstreams:
+        preserve_host = self.flag(items, "preserve_host", defaults.preserve_host)
+        verify = self.flag(items, "verify", defaults.verify)
+        timeout = defaults.connect_timeout
+        if "connect_timeout" in items:
+            node = items["connect_timeout"][1]
+            value = self.scalar(node)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 3600:
+                self.error(node, "`connect_timeout:` must be a number of seconds above 0, for example 5")
+            else:
+                timeout = float(value)
+        return Upstreams((), preserve_host, timeout, verify)
+
+    def flag(self, items: dict[str, tuple[ScalarNode, Node]], key: str, default: bool | None) -> bool | None:
+        if key not in items:
+            return default
+        node = items[key][1]
+        value = self.scalar(node)
+        if not isinstance(value, bool):
+            self.error(node, f"`{key}:` must be true or false")
+            return default
+        return value
+
+    def parse_root(self, node: Node) -> str | None:
+        value = self.scalar(node)
+        if not isinstance(value, str) or not value:
+            self.error(node, "`root:` must be a folder path, for example ./public")
+            return None
+        path = os.path.normpath(os.path.join(self.folder, os.path.expanduser(value)))
+        problem = self.check_root(path)
+        if problem:
+            self.error(node, problem)
+            return None
+        return path
+
+    def parse_upstream_list(self, node: Node) -> tuple[Upstream, ...] | None:
+        if isinstance(node, SequenceNode):
+            if not node.value:
+                self.error(node, "the upstream list is empty: give at least one port, address or URL")
+                return None
+            parsed = [self.parse_upstream(item) for item in node.value]
+            if any(u is None for u in parsed):
+                return None
+            return tuple(u for u in parsed if u is not None)
+        upstream = self.parse_upstream(node)
+        return None if upstream is None else (upstream,)
+
+    def parse_upstream(self, node: Node) -> Upstream | None:
+        if not isinstance(node, ScalarNode):
+            self.error(node, "an upstream must be a port, host:port or URL such as 3000, 127.0.0.1:5173 or https://[::1]:8443")
+            return None
+        value = self.scalar(node)
+        try:
+            return parse_upstream(value)
+        except ValueError as exc:
+            self.error(node, str(exc))
+            return None
+
+
+def parse_upstream(value: object) -> Upstream:
+    """Return the Upstream for a port, host:port or URL; raise ValueError saying what is wrong."""
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        raise ValueError(f"{value!r} is not a port, host:port or URL (for example 3000)")
+    text = str(value).strip()
+    if isinstance(value, int) or (text.isascii() and text.isdigit()):
+        return Upstream("http", "localhost", _upstream_port(text, text))
+    if "://" in text:
+        return _parse_upstream_url(text)
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"{text!r} is not a port, host:port or URL; write IPv6 as [::1]:4000")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"{text!r} is not a port, host:port or URL{_port_typo_hint(text)}")
+        if ":" in host:
+            raise ValueError(f"{text!r}: write an IPv6 upstream in brackets, as [::1]:4000")
+    return Upstream("http", _upstream_host(host, text), _upstream_port(port, text))
+
+
+def _parse_upstream_url(text: str) -> Upstream:
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"{text!r}: an upstream URL must start with http:// or https:// (WebSockets go through either)")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{text!r}: an upstream URL cannot have a path; paths are forwarded unchanged (see `routes:` and `strip_prefix:`)")
+    if parts.username or parts.password:
+        raise ValueError(f"{text!r}: credentials in upstream URLs are not supported")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{text!r}: the port must be a number from 1 to 65535") from None
+    host = parts.hostname or ""
+    if port is None:
+        port = 443 if scheme == "https" else 80
+    if port == 0:  # urlsplit accepts 0, which nothing can be dialed on
+        raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
+    return Upstream(scheme, _upstream_host(host, text), port)
+
+
+def _upstream_host(host: str, whole: str) -> str:
+    host = host.strip().lower()
+    if not host:
+        raise ValueError(f"{whole!r}: the host is missing; write 127.0.0.1:PORT or just the port")
+    if host in ("localhost", "localhost."):
+        return "localhost"
+    ip = _canonical_ip(host)
+    if ip is not None and _is_ip_literal(host):
+        return ip
+    if not all(_LABEL.match(label) for label in host.rstrip(".").split(".")):
+        raise ValueError(f"{whole!r}: {host!r} is not a valid host name or IP address")
+    return host.rstrip(".")
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def _upstream_port(port: str, whole: str) -> int:
+    if not (port.isascii() and port.isdigit()):
+        raise ValueError(f"{whole!r} is not a port, host:port or URL{_port_typo_hint(port)}")
+    number = int(port)
+    if not 1 <= number <= 65535:
+        raise ValueError(f"{number} is not a port: ports run from 1 to 65535")
+    return number
+
+
+def _port_typo_hint(text: str) -> str:
+    """Return ' (did you mean 3000?)' for "300o" and similar slips, else a usage hint."""
+    fixed = text.translate(str.maketrans({"o": "0", "O": "0", "l": "1", "I": "1"}))
+    if fixed.isascii() and fixed.isdigit() and 1 <= int(fixed) <= 65535:
+        return f" (did you mean {int(fixed)}?)"
+    return " (for example 3000, 127.0.0.1:5173 or http://[::1]:4000)"
+
+
+def _did_you_mean(word: str, choices: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# ---------------------------------------------------------------- reading the file
+
+
+def certs_folder(config_file: str) -> str:
+    """Return the certs folder that belongs to a config file (the HTTPS issue keeps its CA there)."""
+    return os.path.join(os.path.dirname(os.path.abspath(config_file)), "certs")
+
+
+def disk_root_checker(config_file: str) -> RootChecker:
+    """Return a check_root that looks at the disk: the folder must exist and hold no secrets."""
+    config_path = Path(config_file).resolve()
+    certs = Path(certs_folder(config_file)).resolve()
+
+    def check(path: str) -> str | None:
+        root = Path(path)
+        if not root.is_dir():
+            what = "is a file, not a folder" if root.exists() else "does not exist"
+            return f"root folder {path} {what}; create it or fix the path (relative paths start at the config file's folder)"
+        resolved = root.resolve()
+        if config_path.is_relative_to(resolved):
+            return f"root folder {path} contains this config file; serve a subfolder such as ./public instead"
+        if certs.is_relative_to(resolved):
+            return f"root folder {path} contains the certs folder (private keys); serve a subfolder such as ./public instead"
+        return None
+
+    return check
+
+
+def load_config(path: str) -> Config:
+    """Read and parse a config file; raise ConfigErrors (or ProxyError if unreadable)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ConfigErrors([ConfigError(Mark(path, 1, 1), "no such file; create it (see the README's sites.yaml example) or pass --config FILE")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigErrors([ConfigError(Mark(path, 1, 1), f"cannot read the file: {exc}")]) from None
+    return parse_config(text, path, check_root=disk_root_checker(path))
