@@ -1,0 +1,244 @@
+"""Serves a StaticRoot: request target -> a file under the root, streamed by aiohttp's FileResponse.
+
+Owns path decoding, containment (checked on resolved paths), index.html, the SPA fallback and
+Content-Type. It never lists folders, never serves dotfiles (except .well-known) and never
+reads a whole file into memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import mimetypes
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote_to_bytes
+
+from aiohttp import web
+
+from proxy.config import StaticRoot
+
+ALLOWED_METHODS = ("GET", "HEAD")
+INDEX_FILE = "index.html"
+ALLOWED_DOTFILES = frozenset({".well-known"})  # RFC 8615: ACME challenges, security.txt
+
+# Fixed here because mimetypes reads the host's /etc/mime.types, which on older systems says
+# application/javascript (or nothing) for .mjs, .wasm, .webmanifest and fonts.
+CONTENT_TYPES: dict[str, str] = {
+    ".html": "text/html; charset=utf-8",
+    ".htm": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",  # RFC 9239 made text/javascript the one name
+    ".mjs": "text/javascript; charset=utf-8",
+    ".cjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".txt": "text/plain; charset=utf-8",
+    ".md": "text/markdown; charset=utf-8",
+    ".csv": "text/csv; charset=utf-8",
+    ".xml": "application/xml",
+    ".json": "application/json",
+    ".map": "application/json",  # source maps
+    ".webmanifest": "application/manifest+json",
+    ".wasm": "application/wasm",  # required by WebAssembly.instantiateStreaming
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".avif": "image/avif",
+    ".ico": "image/x-icon",
+    ".woff2": "font/woff2",
+    ".woff": "font/woff",
+    ".ttf": "font/ttf",
+    ".otf": "font/otf",
+    ".mp4": "video/mp4",
+    ".webm": "video/webm",
+    ".mp3": "audio/mpeg",
+    ".pdf": "application/pdf",
+    ".gz": "application/gzip",
+    ".zip": "application/zip",
+}
+FALLBACK_CONTENT_TYPE = "application/octet-stream"
+
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# After decoding, none of these may remain in a segment: "/" and "\" would split it into
+# more segments than the client showed, NUL truncates paths in C, and no real file name
+# needs control characters.
+_FORBIDDEN_IN_SEGMENT = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+# ---------------------------------------------------------------- the request path (pure)
+
+
+@dataclass(frozen=True, slots=True)
+class StaticPath:
+    """A request target split into decoded path segments and the raw query."""
+
+    segments: tuple[str, ...]  # decoded, never "", ".", ".." or a dotfile other than .well-known
+    is_folder: bool  # the path ended with "/"
+    query: str  # raw, without "?"; "" when absent
+
+    @property
+    def has_extension(self) -> bool:
+        # A folder path ("/v1.2/") is a route on an SPA, whatever dots its name has.
+        return bool(self.segments) and not self.is_folder and os.path.splitext(self.segments[-1])[1] != ""
+
+
+@dataclass(frozen=True, slots=True)
+class PathRefusal:
+    """Why a target is refused before the disk is asked; detail never depends on the disk."""
+
+    status: int  # 400 for broken encodings, 404 for paths we will not serve
+    detail: str
+
+
+def parse_static_path(target: str) -> StaticPath | PathRefusal:
+    """Return the decoded segments of a raw request target, or why it is refused.
+
+    Each segment is percent-decoded on its own, so "%2f" cannot smuggle in a separator and
+    "%2e%2e" is seen as "..". Empty segments ("//") are skipped, as the file system would.
+    """
+    path, _, query = target.partition("?")
+    if path and not path.startswith("/"):
+        return PathRefusal(400, "the request path must start with /")
+    raw_segments = path.split("/")[1:] if path else []
+    segments: list[str] = []
+    for raw in raw_segments:
+        if _BAD_ESCAPE.search(raw):
+            return PathRefusal(400, "the path has a % that is not followed by two hex digits")
+        try:
+            segment = unquote_to_bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            return PathRefusal(400, "the path is not valid UTF-8 once percent-decoded")
+        if _FORBIDDEN_IN_SEGMENT.search(segment):
+            return PathRefusal(400, "the path has an encoded slash, a backslash or a control character")
+        if segment in (".", ".."):
+            return PathRefusal(404, "paths with . or .. segments are not served")
+        if segment.startswith(".") and segment not in ALLOWED_DOTFILES:
+            return PathRefusal(404, "files and folders whose name starts with a dot are not served (except .well-known)")
+        if segment:
+            segments.append(segment)
+    # An empty path is a route prefix requested without its slash ("/docs"): redirect it too.
+    is_folder = path.endswith("/")
+    return StaticPath(tuple(segments), is_folder, query)
+
+
+def content_type_for(name: str) -> str:
+    """Return the Content-Type for a file name: our table first, then mimetypes."""
+    ext = os.path.splitext(name)[1].lower()
+    if ext in CONTENT_TYPES:
+        return CONTENT_TYPES[ext]
+    guessed, encoding = mimetypes.guess_type(name, strict=False)
+    if guessed is None or encoding is not None:  # "x.tar.bz2" is not a plain tar
+        return FALLBACK_CONTENT_TYPE
+    if guessed.startswith("text/"):
+        return f"{guessed}; charset=utf-8"
+    return guessed
+
+
+# ---------------------------------------------------------------- the disk (blocking, run in an executor)
+
+
+class Found(enum.Enum):
+    """What the disk said about a parsed path."""
+
+    FILE = "file"
+    FOLDER_WITHOUT_SLASH = "folder without slash"  # redirect to the slash form
+    MISSING = "missing"  # may fall back to index.html on an SPA
+    REFUSED = "refused"  # outside the root: never a fallback, same 404 as missing
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """The outcome of a lookup; file is set only when something can be served."""
+
+    found: Found
+    file: str | None = None  # resolved path when found is FILE
+
+
+def _resolve_inside(root: Path, candidate: str) -> Path | None:
+    """Return candidate with every symlink resolved, or None if that leaves root."""
+    # realpath (not a string prefix check): /srv/pub must not admit /srv/public2, and a
+    # symlink inside the root that points elsewhere is judged by where it lands.
+    resolved = Path(os.path.realpath(candidate))
+    return resolved if resolved.is_relative_to(root) else None
+
+
+def locate_file(root_path: str, path: StaticPath) -> Location:
+    """Return where a parsed path leads under root_path. Blocking: stats and resolves."""
+    root = Path(os.path.realpath(root_path))
+    resolved = _resolve_inside(root, os.path.join(root, *path.segments))
+    if resolved is None:
+        return Location(Found.REFUSED)
+    try:
+        st = os.stat(resolved)
+    except (OSError, ValueError):  # missing, not a folder, symlink loop, unreadable
+        return Location(Found.MISSING)
+    if stat.S_ISDIR(st.st_mode):
+        if not path.is_folder:
+            return Location(Found.FOLDER_WITHOUT_SLASH)
+        index = _resolve_inside(root, os.path.join(resolved, INDEX_FILE))
+        if index is None:
+            return Location(Found.REFUSED)
+        return Location(Found.FILE, str(index)) if index.is_file() else Location(Found.MISSING)
+    if stat.S_ISREG(st.st_mode) and not path.is_folder:
+        return Location(Found.FILE, str(resolved))
+    return Location(Found.MISSING)  # "file.txt/", sockets, FIFOs, devices
+
+
+def locate_spa_index(root_path: str) -> Location:
+    """Return the root's index.html, which an SPA serves for its client-side routes."""
+    return locate_file(root_path, StaticPath((), True, ""))
+
+
+# ---------------------------------------------------------------- the handler
+
+
+def static_error(status: int, detail: str) -> web.Response:
+    """Return the response for a refused or missing static file. One place, to be restyled."""
+    reason = {400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}.get(status, "Error")
+    return web.Response(status=status, text=f"{status} {reason}: {detail}\n")
+
+
+async def serve_static(request: web.BaseRequest, root: StaticRoot, target: str) -> web.StreamResponse:
+    """Return the response for `target` (the raw request target, path?query, percent-encoded as received, already stripped of any route prefix) served from root."""
+    if request.method not in ALLOWED_METHODS:
+        response = static_error(405, f"{request.method} is not allowed on static files; use GET or HEAD")
+        response.headers["Allow"] = ", ".join(ALLOWED_METHODS)
+        return response
+    parsed = parse_static_path(target)
+    if isinstance(parsed, PathRefusal):
+        return static_error(parsed.status, parsed.detail)
+
+    loop = asyncio.get_running_loop()
+    location = await loop.run_in_executor(None, locate_file, root.path, parsed)
+    if location.found is Found.FOLDER_WITHOUT_SLASH:
+        return _folder_redirect(request, parsed)
+    # Client-side routes like /users/42 have no extension; /missing.js is a real miss.
+    if location.found is Found.MISSING and root.spa and not parsed.has_extension:
+        location = await loop.run_in_executor(None, locate_spa_index, root.path)
+    if location.found is not Found.FILE or location.file is None:
+        return static_error(404, "no such file")
+
+    # FileResponse streams (sendfile) and answers Range, If-None-Match, If-Modified-Since
+    # and HEAD itself. no-cache: keep the ETag but revalidate, so an edit shows on reload.
+    return web.FileResponse(
+        location.file,
+        headers={"Content-Type": content_type_for(location.file), "Cache-Control": "no-cache"},
+    )
+
+
+def _folder_redirect(request: web.BaseRequest, parsed: StaticPath) -> web.StreamResponse:
+    """Return a 308 from /docs/guide to /docs/guide/, keeping the query.
+
+    The Location is relative ("./guide/"), so it is right under any route prefix the caller
+    stripped, and a folder named "evil.com" cannot become "//evil.com/" (another site).
+    """
+    # The target is a suffix of the request path, so their last segments match; the request
+    # path also covers an empty target (a route prefix requested without its slash).
+    last = request.raw_path.partition("?")[0].rpartition("/")[2]
+    location = f"./{last}/" + (f"?{parsed.query}" if parsed.query else "")
+    return web.Response(status=308, headers={"Location": location})
