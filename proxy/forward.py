@@ -1,0 +1,386 @@
+"""Forwarding one request to its upstream: streams HTTP bodies both ways, pipes WebSockets,
+and turns failures into UpstreamFailure for the error pages.
+
+Never reads a whole body: every byte moves through bounded buffers with backpressure. Once
+bytes have reached the client no error page is possible: the response is aborted instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+from yarl import URL
+
+from proxy.config import Upstream, Upstreams
+from proxy.headers import request_headers_for_upstream, response_headers_for_client
+from proxy.routing import RouteMatch
+from proxy.upstreams import UpstreamBook
+
+log = logging.getLogger("proxy")
+
+# Close code for "going away": the proxy is shutting down (RFC 6455 7.4.1).
+WS_GOING_AWAY = 1001
+# Codes that may not be sent in a close frame (RFC 6455 7.4.1); replaced by a normal close.
+_UNSENDABLE_CLOSE_CODES = {None, 1004, 1005, 1006, 1015}
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamFailure:
+    """Why a request could not reach its upstream, in words for the error page and log."""
+
+    status: int  # 502, 504
+    reason: str  # "connection refused"
+    hint: str
+    tried: tuple[str, ...]  # "127.0.0.1:3000", "[::1]:3000"
+
+
+class LoopbackResolver(AbstractResolver):
+    """Resolves "localhost" to both loopback addresses without asking the system.
+
+    /etc/hosts varies (some list only 127.0.0.1, some ::1 first); dev servers bind either.
+    Other names go to aiohttp's default resolver.
+    """
+
+    def __init__(self) -> None:
+        self._default = DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        if host == "localhost":
+            return [
+                ResolveResult(hostname=host, host=addr, port=port, family=fam, proto=0, flags=socket.AI_NUMERICHOST)
+                for addr, fam in (("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6))
+            ]
+        return await self._default.resolve(host, port, family)
+
+    async def close(self) -> None:
+        await self._default.close()
+
+
+def new_upstream_session() -> aiohttp.ClientSession:
+    """Return the pooled client every upstream request goes through."""
+    connector = aiohttp.TCPConnector(
+        limit=0,  # a dev server behind a busy page gets as many connections as the browser opens
+        resolver=LoopbackResolver(),
+        keepalive_timeout=30,
+        ttl_dns_cache=None,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,  # bodies pass through untouched, Content-Encoding and all
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        cookie_jar=aiohttp.DummyCookieJar(),  # never remember one user's cookies for another request
+        trust_env=False,
+        timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
+        read_bufsize=2**16,
+    )
+
+
+@dataclass(eq=False)
+class OpenStream:
+    """A long-lived exchange the shutdown must end rather than wait for: an SSE stream or a WebSocket."""
+
+    end: Callable[[], Awaitable[None]]
+    is_ending: bool = False
+
+
+@dataclass(eq=False)
+class Exchange:
+    """What the access log and inspector learn about one forwarded request."""
+
+    upstream: str = ""
+    status: int = 0
+    sent_bytes: int = 0
+    note: str = ""
+
+
+class _RequestBody:
+    """The client's request body as an async iterator, sending 100 Continue on first pull."""
+
+    def __init__(self, request: web.BaseRequest) -> None:
+        self._request = request
+        self.started = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        self.started = True
+        if self._request.headers.get("Expect", "").lower() == "100-continue":
+            # The upstream connection is up: now ask the client for its body (RFC 9110 10.1.1).
+            await self._request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        async for chunk in self._request.content.iter_any():
+            yield chunk
+
+
+def _ssl_for(upstreams: Upstreams, upstream: Upstream) -> bool | ssl.SSLContext:
+    if upstream.scheme != "https":
+        return True  # unused for plain http
+    return True if upstreams.should_verify(upstream) else False
+
+
+def _raw_headers(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
+    return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw]
+
+
+def describe_failure(exc: BaseException, upstream: Upstream, timeout: float) -> UpstreamFailure:
+    """Return the user-facing reason an attempt on `upstream` failed."""
+    tried = upstream.tried_addresses
+    port = upstream.port
+    if isinstance(exc, (aiohttp.ConnectionTimeoutError, asyncio.TimeoutError)):
+        return UpstreamFailure(504, f"no answer within {timeout:g} s while connecting", f"Is the app on port {port} stuck, or is a firewall dropping the connection? Raise connect_timeout in sites.yaml if it is just slow to start.", tried)
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return UpstreamFailure(502, f"the app's TLS certificate was not accepted ({exc.certificate_error})", "Set `verify: false` on this site, or give the app a certificate this machine trusts.", tried)
+    if isinstance(exc, aiohttp.ClientConnectorSSLError) or isinstance(exc, ssl.SSLError):
+        if upstream.scheme == "https":
+            hint = f"Does the app on port {port} speak plain HTTP? Then write http://{upstream.authority} in sites.yaml."
+        else:
+            hint = f"Does the app on port {port} speak HTTPS? Then write https://{upstream.authority} in sites.yaml."
+        return UpstreamFailure(502, "the TLS handshake failed", hint, tried)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+        if isinstance(os_error, ConnectionRefusedError) or getattr(os_error, "errno", None) == 111:
+            return UpstreamFailure(502, "connection refused", f"Nothing is listening on port {port}: start your app, or change the port in sites.yaml.", tried)
+        return UpstreamFailure(502, f"cannot connect: {os_error.strerror or os_error}", f"Check that the app is running and reachable at {upstream.authority}.", tried)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        hint = "The app closed the connection without answering: check its own log."
+        if upstream.scheme == "http":
+            hint += f" If it speaks HTTPS, write https://{upstream.authority} in sites.yaml."
+        return UpstreamFailure(502, "the app closed the connection without answering", hint, tried)
+    if isinstance(exc, aiohttp.ClientResponseError):
+        hint = "The app answered with something that is not valid HTTP."
+        if upstream.scheme == "http":
+            hint += f" If it speaks HTTPS, write https://{upstream.authority} in sites.yaml."
+        return UpstreamFailure(502, f"invalid response from the app ({exc.message})", hint, tried)
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return UpstreamFailure(502, f"upstream error: {exc}", "Check the app's own log.", tried)
+    raise exc
+
+
+def _is_retryable(failure: UpstreamFailure) -> bool:
+    """Return whether the next upstream of a list may take the request instead."""
+    return failure.reason == "connection refused" or failure.status == 504
+
+
+def is_websocket_upgrade(request: web.BaseRequest) -> bool:
+    """Return whether a request asks to become a WebSocket (the only upgrade the proxy tunnels)."""
+    if request.method != "GET":
+        return False
+    upgrade = request.headers.get("Upgrade", "").lower()
+    connection = {t.strip().lower() for t in request.headers.get("Connection", "").split(",")}
+    return upgrade == "websocket" and "upgrade" in connection
+
+
+class Forwarder:
+    """Sends requests to upstreams through one pooled session and records their health."""
+
+    def __init__(self, session: aiohttp.ClientSession, book: UpstreamBook) -> None:
+        self.session = session
+        self.book = book
+        self.open_streams: set[OpenStream] = set()
+
+    async def end_open_streams(self) -> None:
+        """End every event stream and close every WebSocket with 1001, for shutdown."""
+        streams = list(self.open_streams)
+        for stream in streams:
+            stream.is_ending = True
+        await asyncio.gather(*(s.end() for s in streams), return_exceptions=True)
+
+    def _headers(self, request: web.BaseRequest, match: RouteMatch, upstreams: Upstreams, upstream: Upstream, via: list[str], proto: str, *, websocket: bool = False) -> list[tuple[str, str]]:
+        return request_headers_for_upstream(
+            _raw_headers(request.raw_headers),
+            client_ip=request.remote or "",
+            proto=proto,
+            host_header=request.headers.get("Host", ""),
+            upstream_host=None if upstreams.preserve_host else upstream.authority,
+            via=via,
+            websocket=websocket,
+        )
+
+    async def forward_http(
+        self, request: web.BaseRequest, match: RouteMatch, upstreams: Upstreams, exchange: Exchange, *, via: list[str], proto: str
+    ) -> web.StreamResponse | UpstreamFailure:
+        """Return the streamed response, or the failure when no upstream could be reached."""
+        body = _RequestBody(request) if request.body_exists else None
+        failure: UpstreamFailure | None = None
+        for upstream in self.book.attempt_order(upstreams):
+            url = URL(f"{upstream}{match.target}", encoded=True)
+            try:
+                upstream_response = await self.session.request(
+                    request.method,
+                    url,
+                    headers=self._headers(request, match, upstreams, upstream, via, proto),
+                    data=body.chunks() if body else None,
+                    allow_redirects=False,
+                    ssl=_ssl_for(upstreams, upstream),
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=upstreams.connect_timeout, sock_read=None),
+                    compress=None,
+                    auto_decompress=False,
+                )
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                failure = describe_failure(exc, upstream, upstreams.connect_timeout)
+                self.book.mark_down(upstream, failure.reason)
+                log.info("%s: %s (tried %s)", upstream, failure.reason, ", ".join(failure.tried))
+                if body is not None and body.started:
+                    break  # part of the body is gone upstream; it cannot be sent again
+                if _is_retryable(failure):
+                    continue
+                break
+            self.book.mark_up(upstream)
+            exchange.upstream = _peer(upstream_response, upstream)
+            return await self._relay_response(request, upstream_response, exchange)
+        assert failure is not None
+        return failure
+
+    async def _relay_response(self, request: web.BaseRequest, upstream_response: aiohttp.ClientResponse, exchange: Exchange) -> web.StreamResponse:
+        async with upstream_response:
+            response = web.StreamResponse(status=upstream_response.status, reason=upstream_response.reason)
+            for name, value in response_headers_for_client(_raw_headers(upstream_response.raw_headers)):
+                response.headers.add(name, value)
+            exchange.status = upstream_response.status
+            stream: OpenStream | None = None
+            if upstream_response.headers.get("Content-Type", "").startswith("text/event-stream"):
+
+                async def end_event_stream() -> None:
+                    upstream_response.close()  # the relay loop below sees the end and finishes cleanly
+
+                stream = OpenStream(end=end_event_stream)
+                self.open_streams.add(stream)
+            try:
+                await response.prepare(request)
+                async for chunk in upstream_response.content.iter_any():
+                    await response.write(chunk)
+                    exchange.sent_bytes += len(chunk)
+            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                if stream and stream.is_ending:
+                    pass  # shutdown ended this stream on purpose: finish it cleanly below
+                else:
+                    # Never re-frame a cut-off body as complete: abort so the client sees the break.
+                    exchange.note = f"upstream broke off mid-response ({type(exc).__name__})"
+                    _abort(request)
+                    return response
+            finally:
+                if stream:
+                    self.open_streams.discard(stream)
+            await response.write_eof()
+            return response
+
+    async def forward_websocket(
+        self, request: web.BaseRequest, match: RouteMatch, upstreams: Upstreams, exchange: Exchange, *, via: list[str], proto: str
+    ) -> web.StreamResponse | UpstreamFailure:
+        """Return the client-side WebSocket once both sides have closed, or why the upstream refused."""
+        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+        failure: UpstreamFailure | None = None
+        for upstream in self.book.attempt_order(upstreams):
+            scheme = "wss" if upstream.scheme == "https" else "ws"
+            url = URL(f"{scheme}://{upstream.authority}{match.target}", encoded=True)
+            try:
+                upstream_ws = await self.session.ws_connect(
+                    url,
+                    headers=self._headers(request, match, upstreams, upstream, via, proto, websocket=True),
+                    protocols=offered,
+                    autoclose=False,
+                    autoping=False,  # pings and pongs travel end to end
+                    max_msg_size=0,
+                    ssl=_ssl_for(upstreams, upstream),
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+                    compress=0,
+                )
+            except aiohttp.WSServerHandshakeError as exc:
+                self.book.mark_up(upstream)
+                exchange.upstream, exchange.status = upstream.authority, exc.status
+                exchange.note = "upstream refused the WebSocket upgrade"
+                return web.Response(status=exc.status if exc.status >= 400 else 502, text=f"The app at {upstream.authority} refused the WebSocket upgrade ({exc.status} {exc.message}).\n")
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                failure = describe_failure(exc, upstream, upstreams.connect_timeout)
+                self.book.mark_down(upstream, failure.reason)
+                if _is_retryable(failure):
+                    continue
+                break
+            self.book.mark_up(upstream)
+            exchange.upstream = upstream.authority
+            return await self._pipe_websocket(request, upstream_ws, exchange)
+        assert failure is not None
+        return failure
+
+    async def _pipe_websocket(self, request: web.BaseRequest, upstream_ws: aiohttp.ClientWebSocketResponse, exchange: Exchange) -> web.StreamResponse:
+        client_ws = web.WebSocketResponse(
+            protocols=(upstream_ws.protocol,) if upstream_ws.protocol else (),
+            autoclose=False,
+            autoping=False,
+            max_msg_size=0,
+        )
+        async with upstream_ws:
+            await client_ws.prepare(request)
+            exchange.status = 101
+
+            async def going_away() -> None:
+                await upstream_ws.close(code=WS_GOING_AWAY, message=b"proxy shutting down")
+                await client_ws.close(code=WS_GOING_AWAY, message=b"proxy shutting down")
+
+            stream = OpenStream(end=going_away)
+            self.open_streams.add(stream)
+            try:
+                to_upstream = asyncio.create_task(_pump(client_ws, upstream_ws))
+                to_client = asyncio.create_task(_pump(upstream_ws, client_ws))
+                try:
+                    await asyncio.wait({to_upstream, to_client}, return_when=asyncio.FIRST_COMPLETED)
+                    # One side closed and the pump passed its close on; let the other finish the handshake.
+                    await asyncio.wait({to_upstream, to_client}, timeout=5.0)
+                finally:
+                    for task in (to_upstream, to_client):
+                        task.cancel()
+                    await asyncio.gather(to_upstream, to_client, return_exceptions=True)
+            finally:
+                self.open_streams.discard(stream)
+            if not client_ws.closed:
+                await client_ws.close(code=upstream_ws.close_code or 1000)
+        return client_ws
+
+
+async def _pump(source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse, sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> None:
+    """Copy messages from source to sink until source closes, then pass the close on."""
+    while True:
+        msg = await source.receive()
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            await sink.send_str(msg.data)
+        elif msg.type == aiohttp.WSMsgType.BINARY:
+            await sink.send_bytes(msg.data)
+        elif msg.type == aiohttp.WSMsgType.PING:
+            await sink.ping(msg.data)
+        elif msg.type == aiohttp.WSMsgType.PONG:
+            await sink.pong(msg.data)
+        elif msg.type == aiohttp.WSMsgType.CLOSE:
+            code = msg.data if msg.data not in _UNSENDABLE_CLOSE_CODES else 1000
+            reason = (msg.extra or "").encode("utf-8")
+            if not sink.closed:
+                await sink.close(code=code, message=reason)
+            if not source.closed:
+                await source.close(code=code, message=reason)
+            return
+        else:  # CLOSING, CLOSED, ERROR: the source is gone without a close frame
+            if not sink.closed:
+                await sink.close(code=1000 if msg.type != aiohttp.WSMsgType.ERROR else 1011)
+            return
+
+
+def _peer(response: aiohttp.ClientResponse, upstream: Upstream) -> str:
+    """Return the address actually reached (which of 127.0.0.1 and ::1 answered)."""
+    connection = response.connection
+    peer: Any = connection.transport.get_extra_info("peername") if connection and connection.transport else None
+    if peer:
+        host = peer[0]
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return upstream.authority
+
+
+def _abort(request: web.BaseRequest) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()

@@ -1,0 +1,269 @@
+"""Listeners, request dispatch by Host, config swap, graceful stop.
+
+Owns the sockets and the event-loop side of the proxy; decisions about names, paths and
+headers come from routing.py and headers.py, forwarding from forward.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from proxy.config import Config, ListenAddress, StaticRoot, format_host
+from proxy.dashboard import pages
+from proxy.errors import ListenError
+from proxy.forward import Exchange, Forwarder, UpstreamFailure, is_websocket_upgrade, new_upstream_session
+from proxy.headers import sites_passed
+from proxy.ports import describe_listener
+from proxy.routing import HostKind, RouteMatch, RoutingTable, match_route, normalize_host
+from proxy.static import serve_static
+from proxy.upstreams import UpstreamBook
+
+log = logging.getLogger("proxy")
+access_log = logging.getLogger("proxy.access")
+
+SHUTDOWN_GRACE = 5.0  # seconds in-flight requests get after SIGTERM
+# Room for the large cookies dev apps accumulate on localhost (aiohttp's default is 8 KiB a line).
+MAX_HEADER_FIELD = 32 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One bound socket."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{format_host(self.host)}:{self.port}"
+
+
+class ProxyServer:
+    """The running proxy: one routing table at a time, swapped whole on reload."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.table = RoutingTable(config.sites)
+        self.book = UpstreamBook()
+        self.listeners: list[Listener] = []
+        self._forwarder: Forwarder | None = None
+        self._runner: web.ServerRunner | None = None
+
+    def apply(self, config: Config) -> None:
+        """Swap in a new config. One assignment: a request sees the old table or the new one."""
+        self.config, self.table = config, RoutingTable(config.sites)
+
+    # ------------------------------------------------------------ listeners
+
+    async def start(self, address: ListenAddress, *, allow_remote: bool = False) -> list[Listener]:
+        """Bind the HTTP listeners and start serving; raise ListenError if they cannot be bound."""
+        if not allow_remote and not address.is_loopback:
+            raise ListenError(
+                f"refusing to listen on {address}: that is reachable from other machines, and this proxy "
+                f"forwards to your dev servers. Use 127.0.0.1 or [::1], or pass --allow-remote if you mean it."
+            )
+        sockets = _bind_all(address)
+        self._forwarder = Forwarder(new_upstream_session(), self.book)
+        server = web.Server(
+            self.handle,
+            handler_cancellation=True,  # a client that leaves cancels its upstream request
+            access_log=None,  # the proxy writes its own access line, with the upstream in it
+            auto_decompress=False,  # request bodies are forwarded as sent
+            max_field_size=MAX_HEADER_FIELD,
+            max_line_size=MAX_HEADER_FIELD,
+        )
+        self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)
+        await self._runner.setup()
+        for sock in sockets:
+            await web.SockSite(self._runner, sock).start()
+            host, port = sock.getsockname()[:2]
+            self.listeners.append(Listener("http", host, port))
+        return self.listeners
+
+    async def stop(self) -> None:
+        """Stop accepting, end streams and WebSockets, give in-flight requests the grace period."""
+        if self._runner is None:
+            return
+        for site in list(self._runner.sites):
+            await site.stop()
+        if self._forwarder is not None:
+            await self._forwarder.end_open_streams()
+        await self._runner.cleanup()
+        if self._forwarder is not None:
+            await self._forwarder.session.close()
+        self._runner = None
+
+    # ------------------------------------------------------------ requests
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Answer one request; never raises for anything a client or upstream can do."""
+        started = time.monotonic()
+        exchange = Exchange()
+        host_header, target = _host_and_target(request)
+        try:
+            response = await self._dispatch(request, host_header, target, exchange)
+            exchange.status = exchange.status or response.status
+            return response
+        except asyncio.CancelledError:
+            exchange.note = exchange.note or "client went away; upstream request cancelled"
+            raise
+        except ConnectionResetError:
+            exchange.note = exchange.note or "client went away; upstream request cancelled"
+            return web.Response(status=499)
+        except Exception:  # a bug in the proxy: log it, answer 500, keep serving
+            log.exception("internal error while handling %s %s%s", request.method, host_header, target)
+            exchange.status = 500
+            return web.Response(status=500, text="localhost-proxy hit an internal error; see its log.\n")
+        finally:
+            _log_access(request, host_header, target, exchange, time.monotonic() - started)
+
+    async def _dispatch(self, request: web.BaseRequest, host_header: str, target: str, exchange: Exchange) -> web.StreamResponse:
+        config, table = self.config, self.table  # one table for the whole request, even across a reload
+        kind, site = table.classify(host_header)
+        accept = request.headers.get("Accept", "")
+        port = _local_port(request)
+        dashboard_url = f"http://localhost:{port}/" if port else "http://localhost/"
+        if kind is HostKind.FOREIGN:
+            return pages.bare_not_found()
+        if kind is HostKind.OWN:
+            return self._own_page(request, target, config, accept, port, dashboard_url)
+        if kind is HostKind.LOCAL or site is None:
+            return pages.unknown_site_response(normalize_host(host_header), config, self.book, accept, "http", port, dashboard_url)
+
+        passed = sites_passed(request.headers.items())
+        if site.host in passed:
+            return pages.problem_response(
+                pages.Problem(
+                    508,
+                    "Loop detected",
+                    f"This request for {site.host} came back to the proxy from its own upstream.",
+                    "The app behind this site forwards requests to the proxy again. Point its proxy setting at the app's real port, or set preserve_host: false.",
+                    {"site": site.host, "passed through": passed + [site.host]},
+                ),
+                accept,
+                dashboard_url,
+            )
+        match = match_route(site, target)
+        if match is None:
+            return pages.problem_response(
+                pages.Problem(404, "No route for this path", f"{site.host} has no route that matches {target.partition('?')[0]}.", f"Add a route for it under {site.host} in sites.yaml, or a `/:` route to catch the rest.", {"config": str(site.mark)}),
+                accept,
+                dashboard_url,
+            )
+        route_target = match.route.target
+        if isinstance(route_target, StaticRoot):
+            exchange.upstream = "static"
+            return await serve_static(request, route_target, match.target)
+        assert self._forwarder is not None
+        via = passed + [site.host]
+        if is_websocket_upgrade(request):
+            result = await self._forwarder.forward_websocket(request, match, route_target, exchange, via=via, proto="http")
+        else:
+            result = await self._forwarder.forward_http(request, match, route_target, exchange, via=via, proto="http")
+        if isinstance(result, UpstreamFailure):
+            exchange.note = result.reason
+            return pages.problem_response(_failure_problem(match, result), accept, dashboard_url)
+        return result
+
+    def _own_page(self, request: web.BaseRequest, target: str, config: Config, accept: str, port: int | None, dashboard_url: str) -> web.Response:
+        path = target.partition("?")[0]
+        if path == "/api/sites":
+            return web.json_response(pages.sites_json(config, self.book, "http", port), dumps=_pretty_json)
+        if path == "/" and request.method in ("GET", "HEAD"):
+            return pages.index_response(config, self.book, accept, "http", port, dashboard_url)
+        return pages.problem_response(pages.Problem(404, "Not found", f"The proxy has no page at {path}.", "The list of sites is at /, and as JSON at /api/sites."), accept, dashboard_url)
+
+
+def _pretty_json(obj: object) -> str:
+    return json.dumps(obj, indent=2)
+
+
+def _failure_problem(match: RouteMatch, failure: UpstreamFailure) -> pages.Problem:
+    title = "Upstream timed out" if failure.status == 504 else "Upstream unavailable"
+    where = match.site.host + (match.route.prefix if match.route.prefix != "/" else "")
+    return pages.Problem(
+        failure.status,
+        title,
+        f"{where}: {failure.reason}.",
+        failure.hint,
+        {"site": match.site.host, "tried": list(failure.tried), "config": str(match.route.mark)},
+    )
+
+
+def _host_and_target(request: web.BaseRequest) -> tuple[str, str]:
+    """Return the Host to route by and the path?query to forward, exactly as received.
+
+    An absolute-form target (GET http://app1.localhost/x) names its host itself (RFC 9112
+    3.2.2); it is routed like any other request and never dialed as written.
+    """
+    target = request.raw_path
+    if target.startswith(("http://", "https://")):
+        parts = urlsplit(target)
+        path = parts.path or "/"
+        return parts.netloc, path + (f"?{parts.query}" if parts.query else "")
+    return request.headers.get("Host", ""), target
+
+
+def _local_port(request: web.BaseRequest) -> int | None:
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport else None
+    return sockname[1] if sockname else None
+
+
+def _log_access(request: web.BaseRequest, host_header: str, target: str, exchange: Exchange, seconds: float) -> None:
+    host = normalize_host(host_header) or "-"
+    upstream = f" -> {exchange.upstream}" if exchange.upstream else ""
+    note = f" ({exchange.note})" if exchange.note else ""
+    access_log.info("%s %s %s %s%s %.1fms%s", host, request.method, target, exchange.status or "-", upstream, seconds * 1000, note)
+
+
+# ---------------------------------------------------------------- binding
+
+
+def _bind_all(address: ListenAddress) -> list[socket.socket]:
+    """Return listening sockets for an address; a bare port gets 127.0.0.1, then [::1] on the same port."""
+    if address.host is not None:
+        return [_bind(address.host, address.port)]
+    first = _bind("127.0.0.1", address.port)
+    port = first.getsockname()[1]  # port 0: the IPv4 pick is reused for [::1]
+    try:
+        return [first, _bind("::1", port)]
+    except ListenError as exc:
+        log.warning("warning: %s; serving on 127.0.0.1 only", exc)
+        return [first]
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    display = f"{format_host(host)}:{port}"
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {display}: {exc.strerror} (no IPv6 on this machine?)") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart without waiting out TIME_WAIT
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            holder = describe_listener(port, host)
+            by = f" by {holder}" if holder else ""
+            raise ListenError(f"cannot listen on {display}: already used{by}; stop it or pass --http {port + 1 if port < 65535 else 7081}") from None
+        if exc.errno == errno.EACCES:
+            raise ListenError(f"cannot listen on {display}: permission denied (ports below 1024 need root); pass --http 7080") from None
+        raise ListenError(f"cannot listen on {display}: {exc.strerror}") from None
+    return sock

@@ -1,0 +1,200 @@
+"""Shared fixtures: the real proxy as a subprocess, real upstream servers on loopback.
+
+Nothing here mocks the network: every test talks to sockets on 127.0.0.1 / ::1, port 0.
+Files are written under pytest's tmp_path, never into the checkout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+LISTENING = re.compile(r"listening on (http://\S+)")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a port that nothing listens on right now (on both loopbacks when possible)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        try:
+            with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s6:
+                s6.bind(("::1", port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port")
+
+
+class Proxy:
+    """A `python -m proxy run` subprocess and helpers to talk to it by name."""
+
+    def __init__(self, folder: Path, config: Path, process: subprocess.Popen[bytes]) -> None:
+        self.folder = folder
+        self.config = config
+        self.process = process
+        self.stdout_path = folder / "proxy.stdout"
+        self.stderr_path = folder / "proxy.stderr"
+        self.urls: list[str] = []
+
+    @property
+    def port(self) -> int:
+        return int(self.urls[0].rsplit(":", 1)[1])
+
+    @property
+    def base(self) -> str:
+        return self.urls[0]
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    async def wait_listening(self, timeout: float = 15.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            self.urls = LISTENING.findall(self.stdout())
+            if self.urls:
+                await asyncio.sleep(0.05)  # let the [::1] line land too
+                self.urls = LISTENING.findall(self.stdout())
+                return
+            if self.process.poll() is not None:
+                raise AssertionError(f"proxy exited with {self.process.returncode}:\n{self.stdout()}\n{self.stderr()}")
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no 'listening on' line within {timeout} s:\n{self.stdout()}\n{self.stderr()}")
+
+    def rss(self) -> int:
+        """Return the proxy's resident memory in bytes."""
+        with open(f"/proc/{self.process.pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Signal the proxy and return its exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.process.poll() is None and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"proxy did not exit within {timeout} s")
+        return self.process.returncode
+
+
+ProxyFactory = Callable[..., Awaitable[Proxy]]
+
+
+def write_sites(path: Path, sites: dict[str, Any] | str) -> None:
+    text = sites if isinstance(sites, str) else yaml.safe_dump({"sites": sites}, sort_keys=False)
+    path.write_text(text)
+
+
+@pytest.fixture
+async def start_proxy(tmp_path: Path) -> AsyncIterator[ProxyFactory]:
+    """Start the proxy on sites (a dict of the `sites:` mapping, or whole YAML text); stopped at teardown."""
+    started: list[Proxy] = []
+
+    async def start(sites: dict[str, Any] | str, *args: str, http: str = "127.0.0.1:0", env: dict[str, str] | None = None) -> Proxy:
+        folder = tmp_path / f"proxy{len(started)}"
+        folder.mkdir()
+        config = folder / "sites.yaml"
+        write_sites(config, sites)
+        command = [sys.executable, "-m", "proxy", "run", "--config", str(config), "--http", http, "--no-https", *args]
+        stdout = open(folder / "proxy.stdout", "wb")
+        stderr = open(folder / "proxy.stderr", "wb")
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, cwd=folder, env={**os.environ, **(env or {})})
+        stdout.close()
+        stderr.close()
+        proxy = Proxy(folder, config, process)
+        started.append(proxy)
+        await proxy.wait_listening()
+        return proxy
+
+    yield start
+    for proxy in started:
+        if proxy.process.poll() is None:
+            proxy.process.kill()
+            proxy.process.wait()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client that never decompresses and never follows redirects on its own."""
+    async with aiohttp.ClientSession(auto_decompress=False, timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session
+
+
+async def echo(request: web.Request) -> web.StreamResponse:
+    """Answer with what arrived: method, raw target, headers (all, in order) and the body length."""
+    body = await request.read()
+    return web.json_response(
+        {
+            "method": request.method,
+            "target": request.raw_path,
+            "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.raw_headers],
+            "body_length": len(body),
+            "body": body.decode("utf-8", "replace") if len(body) < 4096 else "",
+        }
+    )
+
+
+@pytest.fixture
+async def echo_server() -> AsyncIterator[TestServer]:
+    """A real app on 127.0.0.1 with an ephemeral port that echoes what it received."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    async with TestServer(app, host="127.0.0.1") as server:
+        yield server
+
+
+@pytest.fixture
+def raw_request() -> Callable[..., Awaitable[bytes]]:
+    """Send raw bytes to host:port and return everything read until the peer closes or goes quiet."""
+
+    async def send(port: int, data: bytes, *, host: str = "127.0.0.1", quiet: float = 1.0, limit: int = 1 << 20) -> bytes:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(data)
+        await writer.drain()
+        received = b""
+        try:
+            while len(received) < limit:
+                chunk = await asyncio.wait_for(reader.read(65536), timeout=quiet)
+                if not chunk:
+                    break
+                received += chunk
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            writer.close()
+        return received
+
+    return send
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves non-daemon threads running."""
+    before = set(threading.enumerate())
+    yield
+    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon]
+    assert not leaked, f"test leaked threads: {leaked}"

@@ -1,0 +1,24 @@
+"""Forwarding through the real proxy process: what the upstream sees, what the client gets back."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp.test_utils import TestServer
+
+from tests.conftest import ProxyFactory
+
+
+def header_values(echoed: dict, name: str) -> list[str]:
+    return [v for k, v in echoed["headers"] if k.lower() == name.lower()]
+
+
+async def test_site_by_name_reaches_its_upstream(start_proxy: ProxyFactory, echo_server: TestServer, client: aiohttp.ClientSession) -> None:
+    proxy = await start_proxy({"app1": echo_server.port})
+    async with client.get(f"{proxy.base}/hello?x=1", headers={"Host": "app1.localhost"}) as resp:
+        assert resp.status == 200
+        echoed = await resp.json()
+    assert echoed["target"] == "/hello?x=1"
+    assert header_values(echoed, "Host") == ["app1.localhost"]
+    assert header_values(echoed, "X-Forwarded-Host") == ["app1.localhost"]
+    assert header_values(echoed, "X-Forwarded-Proto") == ["http"]
+    assert header_values(echoed, "X-Forwarded-For") == ["127.0.0.1"]
