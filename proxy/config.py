@@ -310,6 +310,16 @@ class _Parser:
             # `!foo 3000` or `!!int abc`: the caller judges the text as written and says what is wrong.
             return node.value
 
+    def address_text(self, node: Node) -> object:
+        """Return a port or address as the user typed it.
+
+        YAML 1.1 reads `010` as octal 8 and `80:80` as base-60 4880; a port means what it looks like.
+        """
+        value = self.scalar(node)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(node, ScalarNode):
+            return node.value
+        return value
+
     # -- top level
 
     def parse(self, text: str) -> Config | None:
@@ -349,7 +359,7 @@ class _Parser:
         if "http" not in items:
             return None
         value_node = items["http"][1]
-        value = self.scalar(value_node)
+        value = self.address_text(value_node)
         if not isinstance(value, (int, str)) or isinstance(value, bool):
             self.error(value_node, "`http:` must be PORT, HOST:PORT or [IPv6]:PORT, for example 7080")
             return None
@@ -539,7 +549,7 @@ class _Parser:
         if not isinstance(node, ScalarNode):
             self.error(node, "an upstream must be a port, host:port or URL such as 3000, 127.0.0.1:5173 or https://[::1]:8443")
             return None
-        value = self.scalar(node)
+        value = self.address_text(node)
         try:
             return parse_upstream(value)
         except ValueError as exc:
