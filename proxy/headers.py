@@ -26,7 +26,7 @@ HOP_BY_HOP = frozenset(
 )
 # A client naming these in Connection must not change how the message is framed or routed.
 NEVER_STRIPPED = frozenset({"host", "content-length"})
-FORWARDED_BY_US = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port"})
+FORWARDED_BY_US = frozenset({"forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port"})
 # Request fields the WebSocket client library writes itself on the upstream handshake.
 WEBSOCKET_HANDSHAKE = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol", "sec-websocket-accept"}
@@ -78,9 +78,17 @@ def request_headers_for_upstream(
         ("X-Forwarded-For", client_ip),
         ("X-Forwarded-Proto", proto),
         ("X-Forwarded-Host", host_header),
+        ("Forwarded", forwarded_value(client_ip, host_header, proto)),
         (LOOP_HEADER, ", ".join(via)),
     ]
     return out
+
+
+def forwarded_value(client_ip: str, host_header: str, proto: str) -> str:
+    """Return the RFC 7239 Forwarded field for the same facts as X-Forwarded-*."""
+    node = f'"[{client_ip}]"' if ":" in client_ip else client_ip
+    host = host_header.replace("\\", "\\\\").replace('"', '\\"')
+    return f'for={node};host="{host}";proto={proto}'
 
 
 def sites_passed(headers: Iterable[tuple[str, str]]) -> list[str]:
