@@ -305,7 +305,7 @@ class _Parser:
         if not isinstance(node, ScalarNode):
             return node
         try:
-            return yaml.constructor.SafeConstructor().construct_object(node)  # type: ignore[no-untyped-call]
+            return yaml.constructor.SafeConstructor().construct_object(node)
         except (yaml.YAMLError, ValueError, KeyError, TypeError):
             # `!foo 3000` or `!!int abc`: the caller judges the text as written and says what is wrong.
             return node.value
@@ -500,7 +500,9 @@ class _Parser:
 
     def upstream_options(self, items: dict[str, tuple[ScalarNode, Node]], defaults: Upstreams) -> Upstreams:
         preserve_host = self.flag(items, "preserve_host", defaults.preserve_host)
-        verify = self.flag(items, "verify", defaults.verify)
+        verify = self.optional_flag(items, "verify")
+        if verify is None:
+            verify = defaults.verify
         timeout = defaults.connect_timeout
         if "connect_timeout" in items:
             node = items["connect_timeout"][1]
@@ -511,14 +513,19 @@ class _Parser:
                 timeout = float(value)
         return Upstreams((), preserve_host, timeout, verify)
 
-    def flag(self, items: dict[str, tuple[ScalarNode, Node]], key: str, default: bool | None) -> bool | None:
+    def flag(self, items: dict[str, tuple[ScalarNode, Node]], key: str, default: bool) -> bool:
+        value = self.optional_flag(items, key)
+        return default if value is None else value
+
+    def optional_flag(self, items: dict[str, tuple[ScalarNode, Node]], key: str) -> bool | None:
+        """Return true/false as written, or None when the key is absent (or wrong, after saying so)."""
         if key not in items:
-            return default
+            return None
         node = items[key][1]
         value = self.scalar(node)
         if not isinstance(value, bool):
             self.error(node, f"`{key}:` must be true or false")
-            return default
+            return None
         return value
 
     def parse_root(self, node: Node) -> str | None:
@@ -633,7 +640,7 @@ def _upstream_port(port: str, whole: str) -> int:
 
 def _port_typo_hint(text: str) -> str:
     """Return ' (did you mean 3000?)' for "300o" and similar slips, else a usage hint."""
-    fixed = text.translate(str.maketrans({"o": "0", "O": "0", "l": "1", "I": "1"}))
+    fixed = text.translate(str.maketrans("oOlI", "0011"))
     if fixed.isascii() and fixed.isdigit() and 1 <= int(fixed) <= 65535:
         return f" (did you mean {int(fixed)}?)"
     return " (for example 3000, 127.0.0.1:5173 or http://[::1]:4000)"
