@@ -97,7 +97,7 @@ async def _run(args: argparse.Namespace) -> int:
     _warn_if_slow_parser()
     config = load_config(args.config)
     address = args.http or config.listen_http
-    if args.http is not None and args.http != config.listen_http:
+    if args.http is not None and "http" in config.listen_keys and args.http != config.listen_http:
         logging.getLogger("proxy").info("--http %s overrides listen.http (%s) in %s", args.http, config.listen_http, config.file)
     server = ProxyServer(config)
     listeners = await server.start(address, allow_remote=args.allow_remote)

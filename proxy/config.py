@@ -163,6 +163,7 @@ class Config:
     folder: str
     listen_http: ListenAddress
     sites: tuple[Site, ...] = field(default=())
+    listen_keys: frozenset[str] = frozenset()  # the `listen:` keys the file sets itself
 
 
 # ---------------------------------------------------------------- helpers shared with the CLI
@@ -342,14 +343,17 @@ class _Parser:
             return None
         items = self.mapping_items(root, TOP_KEYS, "the top level")
         listen_http = ListenAddress(None, DEFAULT_HTTP_PORT)
+        listen_keys: frozenset[str] = frozenset()
         if "listen" in items:
-            listen_http = self.parse_listen(items["listen"][1]) or listen_http
+            parsed = self.parse_listen(items["listen"][1])
+            if parsed is not None:
+                listen_http, listen_keys = parsed, frozenset({"http"})
         sites: tuple[Site, ...] = ()
         if "sites" in items:
             sites = self.parse_sites(items["sites"][1])
         elif not self.errors:
             self.error(root, "no `sites:` mapping: add one, for example `sites: {app1: 3000}`")
-        return Config(self.file, self.folder, listen_http, sites)
+        return Config(self.file, self.folder, listen_http, sites, listen_keys)
 
     def parse_listen(self, node: Node) -> ListenAddress | None:
         if not isinstance(node, MappingNode):

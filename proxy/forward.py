@@ -13,7 +13,6 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -233,7 +232,7 @@ class Forwarder:
                     continue
                 break
             self.book.mark_up(upstream)
-            exchange.upstream = _peer(upstream_response, upstream)
+            exchange.upstream = upstream.authority
             return await self._relay_response(request, upstream_response, exchange)
         assert failure is not None
         return failure
@@ -368,16 +367,6 @@ async def _pump(source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
             if not sink.closed:
                 await sink.close(code=1000 if msg.type != aiohttp.WSMsgType.ERROR else 1011)
             return
-
-
-def _peer(response: aiohttp.ClientResponse, upstream: Upstream) -> str:
-    """Return the address actually reached (which of 127.0.0.1 and ::1 answered)."""
-    connection = response.connection
-    peer: Any = connection.transport.get_extra_info("peername") if connection and connection.transport else None
-    if peer:
-        host = peer[0]
-        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
-    return upstream.authority
 
 
 def _abort(request: web.BaseRequest) -> None:
