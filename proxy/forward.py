@@ -256,10 +256,11 @@ class Forwarder:
                 async for chunk in upstream_response.content.iter_any():
                     await response.write(chunk)
                     exchange.sent_bytes += len(chunk)
-            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                if stream and stream.is_ending:
-                    pass  # shutdown ended this stream on purpose: finish it cleanly below
-                else:
+            except ConnectionResetError:  # raised by writes to a client that has gone
+                exchange.note = "client went away; upstream request cancelled"
+                return response
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+                if not (stream and stream.is_ending):  # else shutdown ended it on purpose: finish cleanly
                     # Never re-frame a cut-off body as complete: abort so the client sees the break.
                     exchange.note = f"upstream broke off mid-response ({type(exc).__name__})"
                     _abort(request)
@@ -320,14 +321,14 @@ class Forwarder:
             exchange.status = 101
 
             async def going_away() -> None:
-                await upstream_ws.close(code=WS_GOING_AWAY, message=b"proxy shutting down")
-                await client_ws.close(code=WS_GOING_AWAY, message=b"proxy shutting down")
+                bye = b"proxy shutting down"
+                await asyncio.gather(client_ws.close(code=WS_GOING_AWAY, message=bye), upstream_ws.close(code=WS_GOING_AWAY, message=bye), return_exceptions=True)
 
             stream = OpenStream(end=going_away)
             self.open_streams.add(stream)
             try:
-                to_upstream = asyncio.create_task(_pump(client_ws, upstream_ws))
-                to_client = asyncio.create_task(_pump(upstream_ws, client_ws))
+                to_upstream = asyncio.create_task(_pump(client_ws, upstream_ws, stream))
+                to_client = asyncio.create_task(_pump(upstream_ws, client_ws, stream))
                 try:
                     await asyncio.wait({to_upstream, to_client}, return_when=asyncio.FIRST_COMPLETED)
                     # One side closed and the pump passed its close on; let the other finish the handshake.
@@ -343,7 +344,11 @@ class Forwarder:
         return client_ws
 
 
-async def _pump(source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse, sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> None:
+async def _pump(
+    source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    stream: OpenStream,
+) -> None:
     """Copy messages from source to sink until source closes, then pass the close on."""
     while True:
         msg = await source.receive()
@@ -365,7 +370,8 @@ async def _pump(source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
             return
         else:  # CLOSING, CLOSED, ERROR: the source is gone without a close frame
             if not sink.closed:
-                await sink.close(code=1000 if msg.type != aiohttp.WSMsgType.ERROR else 1011)
+                code = WS_GOING_AWAY if stream.is_ending else 1011 if msg.type == aiohttp.WSMsgType.ERROR else 1000
+                await sink.close(code=code)
             return
 
 
