@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -107,11 +108,22 @@ async def _run(args: argparse.Namespace) -> int:
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():  # a second Ctrl-C: the user does not want to wait for the grace period
+            print("stopping now", file=sys.stderr, flush=True)
+            os._exit(EXIT_NEGATIVE)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     await stop.wait()
-    print("stopping: finishing requests in flight (up to 5 s)", file=sys.stderr, flush=True)
+    print("stopping: finishing requests in flight (up to 5 s; press Ctrl-C again to stop now)", file=sys.stderr, flush=True)
     await server.stop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # Past this point the loop is closing; a late signal must not land in a closed loop.
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
     return EXIT_OK
 
 

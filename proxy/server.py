@@ -58,6 +58,7 @@ class ProxyServer:
         self.listeners: list[Listener] = []
         self._forwarder: Forwarder | None = None
         self._runner: web.ServerRunner | None = None
+        self._in_flight: set[asyncio.Task[object]] = set()  # handler tasks, for the shutdown grace
 
     def apply(self, config: Config) -> None:
         """Swap in a new config. One assignment: a request sees the old table or the new one."""
@@ -98,6 +99,14 @@ class ProxyServer:
             await site.stop()
         if self._forwarder is not None:
             await self._forwarder.end_open_streams()
+        # aiohttp's own shutdown waits its timeout twice over; bound the whole wait here instead.
+        if self._in_flight:
+            _, late = await asyncio.wait(set(self._in_flight), timeout=SHUTDOWN_GRACE)
+            for task in late:
+                task.cancel()
+            if late:
+                log.info("stopped %d request(s) still running after %g s", len(late), SHUTDOWN_GRACE)
+                await asyncio.wait(late, timeout=1.0)
         await self._runner.cleanup()
         if self._forwarder is not None:
             await self._forwarder.session.close()
@@ -110,6 +119,9 @@ class ProxyServer:
         started = time.monotonic()
         exchange = Exchange()
         host_header, target = _host_and_target(request)
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
         try:
             response = await self._dispatch(request, host_header, target, exchange)
             exchange.status = exchange.status or response.status
@@ -125,6 +137,8 @@ class ProxyServer:
             exchange.status = 500
             return web.Response(status=500, text="localhost-proxy hit an internal error; see its log.\n")
         finally:
+            if task is not None:
+                self._in_flight.discard(task)
             _log_access(request, host_header, target, exchange, time.monotonic() - started)
 
     async def _dispatch(self, request: web.BaseRequest, host_header: str, target: str, exchange: Exchange) -> web.StreamResponse:
