@@ -32,7 +32,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     for _ in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind((host, 0))
-            port = s.getsockname()[1]
+            port: int = s.getsockname()[1]
         try:
             with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s6:
                 s6.bind(("::1", port))
@@ -163,7 +163,8 @@ async def echo_server() -> AsyncIterator[TestServer]:
     """A real app on 127.0.0.1 with an ephemeral port that echoes what it received."""
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", echo)
-    async with TestServer(app, host="127.0.0.1") as server:
+    server = TestServer(app, host="127.0.0.1")
+    async with server:
         yield server
 
 

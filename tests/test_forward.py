@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -9,7 +11,7 @@ from aiohttp.test_utils import TestServer
 from tests.conftest import ProxyFactory
 
 
-def header_values(echoed: dict, name: str) -> list[str]:
+def header_values(echoed: dict[str, Any], name: str) -> list[str]:
     return [v for k, v in echoed["headers"] if k.lower() == name.lower()]
 
 
@@ -30,6 +32,7 @@ async def test_upstream_connections_are_pooled_and_kept_alive(start_proxy: Proxy
     peers: set[tuple[str, int]] = set()
 
     async def remember_peer(request: web.Request) -> web.Response:
+        assert request.transport is not None
         peers.add(request.transport.get_extra_info("peername")[:2])
         return web.Response(text="ok")
 

@@ -111,7 +111,13 @@ def test_state_records_the_last_attempt(steps: list[tuple[str, str]], is_up: boo
 @pytest.mark.parametrize("kind", ["up", "down"])
 def test_repeating_the_same_state_keeps_changed_at(kind: str) -> None:
     book = UpstreamBook()
-    mark = (lambda: book.mark_up(A)) if kind == "up" else (lambda: book.mark_down(A, "refused"))
+
+    def mark() -> None:
+        if kind == "up":
+            book.mark_up(A)
+        else:
+            book.mark_down(A, "refused")
+
     mark()
     book.state(A).changed_at = 1.0  # a sentinel the book must not overwrite
     mark()
