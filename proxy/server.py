@@ -192,7 +192,7 @@ class ProxyServer:
     def _own_page(self, request: web.BaseRequest, target: str, config: Config, accept: str, port: int | None, dashboard_url: str) -> web.Response:
         path = target.partition("?")[0]
         if path == "/api/sites":
-            return web.json_response(pages.sites_json(config, self.book, "http", port), dumps=_pretty_json)
+            return web.json_response(pages.api_sites(config, self.book, "http", port), dumps=_pretty_json)
         if path == "/" and request.method in ("GET", "HEAD"):
             return pages.index_response(config, self.book, accept, "http", port, dashboard_url)
         return pages.problem_response(pages.Problem(404, "Not found", f"The proxy has no page at {path}.", "The list of sites is at /, and as JSON at /api/sites."), accept, dashboard_url)

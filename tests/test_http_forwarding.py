@@ -720,8 +720,10 @@ async def test_own_host_api_sites_gives_host_targets_and_config_line(start_proxy
     proxy = await start_proxy({"app1": app1, "shop": f"127.0.0.1:{shop}"})
     async with client.get(f"{proxy.base}/api/sites", headers={"Host": own_host.format(port=proxy.port)}) as resp:
         assert resp.status == 200
-        sites = await resp.json()
-    by_host = {site["host"]: site for site in sites}
+        document = await resp.json()
+    assert document["config"] == str(proxy.config)
+    assert document["config_error"] is None
+    by_host = {site["host"]: site for site in document["sites"]}
     assert set(by_host) == {"app1.localhost", "shop.localhost"}
     assert any(str(app1) in t for t in by_host["app1.localhost"]["targets"])
     assert any(f"127.0.0.1:{shop}" in t for t in by_host["shop.localhost"]["targets"])

@@ -102,8 +102,13 @@ def _target_text(target: Upstreams | StaticRoot) -> str:
     return ", ".join(str(u) for u in target.addresses)
 
 
+def api_sites(config: Config, book: UpstreamBook, scheme: str, port: int | None) -> dict[str, object]:
+    """Return the /api/sites document: the config file, its current error (none yet) and the sites."""
+    return {"config": config.file, "config_error": None, "sites": sites_json(config, book, scheme, port)}
+
+
 def sites_json(config: Config, book: UpstreamBook, scheme: str, port: int | None) -> list[dict[str, object]]:
-    """Return /api/sites: every site with its targets, state and the config line it came from."""
+    """Return every site with its targets, state and the config line it came from."""
     out: list[dict[str, object]] = []
     for site in config.sites:
         routes = []
@@ -149,7 +154,7 @@ def _sites_table(sites: Iterable[Site], book: UpstreamBook, scheme: str, port: i
 def index_response(config: Config, book: UpstreamBook, accept: str, scheme: str, port: int | None, dashboard_url: str) -> web.Response:
     """Return the proxy's own page: every site with a link and target."""
     if _wants(accept) == "json":
-        return web.json_response({"config": config.file, "sites": sites_json(config, book, scheme, port)})
+        return web.json_response(api_sites(config, book, scheme, port))
     if _wants(accept) == "text":
         lines = [f"{site.host}  ->  {', '.join(targets_of(site))}  ({site.mark})" for site in config.sites]
         return web.Response(text="\n".join(lines or ["no sites configured"]) + "\n")
