@@ -7,10 +7,7 @@ aiohttp and, independently, the `websockets` library.
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import os
-import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,13 +19,9 @@ import pytest
 import websockets
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from websockets.asyncio.client import connect as WebsocketsConnect
 
-from tests.conftest import ProxyFactory, free_port
+from tests.conftest import ProxyFactory, free_port, self_signed_context
 
 HOST = {"Host": "app1.localhost"}
 ORIGIN = "http://app1.localhost:5173"
@@ -433,30 +426,6 @@ async def test_proxy_still_serves_http_after_websockets(start_proxy: ProxyFactor
 
 
 # ---------------------------------------------------------------- HTTPS upstream
-
-
-def self_signed_context(folder: Path) -> ssl.SSLContext:
-    """Return a server context with a fresh self-signed certificate for 127.0.0.1, written to folder."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "upstream.crt", folder / "upstream.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert_path, key_path)
-    return context
 
 
 async def test_websocket_to_https_upstream_goes_over_wss(start_proxy: ProxyFactory, client: aiohttp.ClientSession, tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ html.escape'd: site names and paths come from requests and from the user's file.
 from __future__ import annotations
 
 import html
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
