@@ -13,6 +13,7 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -26,6 +27,7 @@ from proxy.routing import RouteMatch
 from proxy.upstreams import UpstreamBook
 
 log = logging.getLogger("proxy")
+T = TypeVar("T")
 
 # Close code for "going away": the proxy is shutting down (RFC 6455 7.4.1).
 WS_GOING_AWAY = 1001
@@ -118,12 +120,6 @@ class _RequestBody:
             yield chunk
 
 
-def _ssl_for(upstreams: Upstreams, upstream: Upstream) -> bool | ssl.SSLContext:
-    if upstream.scheme != "https":
-        return True  # unused for plain http
-    return True if upstreams.should_verify(upstream) else False
-
-
 def _raw_headers(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
     return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw]
 
@@ -191,7 +187,7 @@ class Forwarder:
             stream.is_ending = True
         await asyncio.gather(*(s.end() for s in streams), return_exceptions=True)
 
-    def _headers(self, request: web.BaseRequest, match: RouteMatch, upstreams: Upstreams, upstream: Upstream, via: list[str], proto: str, *, websocket: bool = False) -> list[tuple[str, str]]:
+    def _headers(self, request: web.BaseRequest, upstreams: Upstreams, upstream: Upstream, via: list[str], proto: str, *, websocket: bool = False) -> list[tuple[str, str]]:
         return request_headers_for_upstream(
             _raw_headers(request.raw_headers),
             client_ip=request.remote or "",
@@ -202,40 +198,54 @@ class Forwarder:
             websocket=websocket,
         )
 
+    async def _first_reachable(
+        self, upstreams: Upstreams, attempt: Callable[[Upstream], Awaitable[T]], *, may_retry: Callable[[], bool] = lambda: True
+    ) -> tuple[Upstream, T] | UpstreamFailure:
+        """Return the first upstream, in turn, that `attempt` reaches and what it returned; else the last failure.
+
+        A refused or timed-out upstream passes the request to the next one in the list, as long as
+        `may_retry()` says nothing of the request is gone yet.
+        """
+        failure: UpstreamFailure | None = None
+        for upstream in self.book.attempt_order(upstreams):
+            try:
+                result = await attempt(upstream)
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                failure = describe_failure(exc, upstream, upstreams.connect_timeout)
+                self.book.mark_down(upstream, failure.reason)
+                log.info("%s: %s (tried %s)", upstream, failure.reason, ", ".join(failure.tried))
+                if _is_retryable(failure) and may_retry():
+                    continue
+                break
+            self.book.mark_up(upstream)
+            return upstream, result
+        assert failure is not None
+        return failure
+
     async def forward_http(
         self, request: web.BaseRequest, match: RouteMatch, upstreams: Upstreams, exchange: Exchange, *, via: list[str], proto: str
     ) -> web.StreamResponse | UpstreamFailure:
         """Return the streamed response, or the failure when no upstream could be reached."""
         body = _RequestBody(request) if request.body_exists else None
-        failure: UpstreamFailure | None = None
-        for upstream in self.book.attempt_order(upstreams):
-            url = URL(f"{upstream}{match.target}", encoded=True)
-            try:
-                upstream_response = await self.session.request(
-                    request.method,
-                    url,
-                    headers=self._headers(request, match, upstreams, upstream, via, proto),
-                    data=body.chunks() if body else None,
-                    allow_redirects=False,
-                    ssl=_ssl_for(upstreams, upstream),
-                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=upstreams.connect_timeout, sock_read=None),
-                    compress=None,
-                    auto_decompress=False,
-                )
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-                failure = describe_failure(exc, upstream, upstreams.connect_timeout)
-                self.book.mark_down(upstream, failure.reason)
-                log.info("%s: %s (tried %s)", upstream, failure.reason, ", ".join(failure.tried))
-                if body is not None and body.started:
-                    break  # part of the body is gone upstream; it cannot be sent again
-                if _is_retryable(failure):
-                    continue
-                break
-            self.book.mark_up(upstream)
-            exchange.upstream = upstream.authority
-            return await self._relay_response(request, upstream_response, exchange)
-        assert failure is not None
-        return failure
+
+        async def send(upstream: Upstream) -> aiohttp.ClientResponse:
+            return await self.session.request(
+                request.method,
+                URL(f"{upstream}{match.target}", encoded=True),
+                headers=self._headers(request, upstreams, upstream, via, proto),
+                data=body.chunks() if body else None,
+                allow_redirects=False,
+                ssl=upstreams.should_verify(upstream),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=upstreams.connect_timeout, sock_read=None),
+            )
+
+        # Once part of the body has gone upstream it cannot be sent to another one.
+        reached = await self._first_reachable(upstreams, send, may_retry=lambda: body is None or not body.started)
+        if isinstance(reached, UpstreamFailure):
+            return reached
+        upstream, upstream_response = reached
+        exchange.upstream = upstream.authority
+        return await self._relay_response(request, upstream_response, exchange)
 
     async def _relay_response(self, request: web.BaseRequest, upstream_response: aiohttp.ClientResponse, exchange: Exchange) -> web.StreamResponse:
         async with upstream_response:
@@ -276,38 +286,35 @@ class Forwarder:
     ) -> web.StreamResponse | UpstreamFailure:
         """Return the client-side WebSocket once both sides have closed, or why the upstream refused."""
         offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
-        failure: UpstreamFailure | None = None
-        for upstream in self.book.attempt_order(upstreams):
+
+        async def connect(upstream: Upstream) -> aiohttp.ClientWebSocketResponse | web.Response:
             scheme = "wss" if upstream.scheme == "https" else "ws"
-            url = URL(f"{scheme}://{upstream.authority}{match.target}", encoded=True)
             try:
-                upstream_ws = await self.session.ws_connect(
-                    url,
-                    headers=self._headers(request, match, upstreams, upstream, via, proto, websocket=True),
-                    protocols=offered,
-                    autoclose=False,
-                    autoping=False,  # pings and pongs travel end to end
-                    max_msg_size=0,
-                    ssl=_ssl_for(upstreams, upstream),
-                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
-                    compress=0,
-                )
-            except aiohttp.WSServerHandshakeError as exc:
-                self.book.mark_up(upstream)
-                exchange.upstream, exchange.status = upstream.authority, exc.status
+                # ws_connect has no connect timeout of its own; the handshake counts as connecting.
+                async with asyncio.timeout(upstreams.connect_timeout):
+                    return await self.session.ws_connect(
+                        URL(f"{scheme}://{upstream.authority}{match.target}", encoded=True),
+                        headers=self._headers(request, upstreams, upstream, via, proto, websocket=True),
+                        protocols=offered,
+                        autoclose=False,
+                        autoping=False,  # pings and pongs travel end to end
+                        max_msg_size=0,
+                        ssl=upstreams.should_verify(upstream),
+                        timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+                    )
+            except aiohttp.WSServerHandshakeError as exc:  # the app answered, just not with 101
                 exchange.note = "upstream refused the WebSocket upgrade"
-                return web.Response(status=exc.status if exc.status >= 400 else 502, text=f"The app at {upstream.authority} refused the WebSocket upgrade ({exc.status} {exc.message}).\n")
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-                failure = describe_failure(exc, upstream, upstreams.connect_timeout)
-                self.book.mark_down(upstream, failure.reason)
-                if _is_retryable(failure):
-                    continue
-                break
-            self.book.mark_up(upstream)
-            exchange.upstream = upstream.authority
-            return await self._pipe_websocket(request, upstream_ws, exchange)
-        assert failure is not None
-        return failure
+                text = f"The app at {upstream.authority} refused the WebSocket upgrade ({exc.status} {exc.message}).\n"
+                return web.Response(status=exc.status if exc.status >= 400 else 502, text=text)
+
+        reached = await self._first_reachable(upstreams, connect)
+        if isinstance(reached, UpstreamFailure):
+            return reached
+        upstream, result = reached
+        exchange.upstream = upstream.authority
+        if isinstance(result, web.Response):
+            return result
+        return await self._pipe_websocket(request, result, exchange)
 
     async def _pipe_websocket(self, request: web.BaseRequest, upstream_ws: aiohttp.ClientWebSocketResponse, exchange: Exchange) -> web.StreamResponse:
         client_ws = web.WebSocketResponse(

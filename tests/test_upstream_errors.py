@@ -127,6 +127,18 @@ async def test_connect_timeout_is_504_within_seconds(start_proxy: ProxyFactory, 
     await assert_still_serving(proxy, client)
 
 
+async def test_websocket_connect_timeout_is_504_not_a_hang(start_proxy: ProxyFactory, unanswering_port: int, echo_server: TestServer, client: aiohttp.ClientSession) -> None:
+    """A WebSocket upgrade to an upstream that never accepts ends in 504 after connect_timeout."""
+    proxy = await start_proxy({"stuck": {"upstream": f"127.0.0.1:{unanswering_port}", "connect_timeout": 1}, "ok": echo_server.port})
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await client.ws_connect(f"{proxy.base}/hmr", headers={"Host": "stuck.localhost"}, timeout=aiohttp.ClientWSTimeout(ws_close=TIMEOUT))
+    assert refused.value.status == 504
+    assert 0.9 <= loop.time() - started < 4
+    await assert_still_serving(proxy, client)
+
+
 # ---------------------------------------------------------------- upstreams that are not HTTP
 
 
