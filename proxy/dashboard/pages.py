@@ -141,9 +141,10 @@ def _sites_table(sites: Iterable[Site], book: UpstreamBook, scheme: str, port: i
         name = f'<a href="{html.escape(url)}">{html.escape(site.host)}</a>' if url else html.escape(site.host)
         states = [book.state(u).is_up for r in site.routes if isinstance(r.target, Upstreams) for u in r.target.addresses]
         state = "static" if not states else ("up" if any(states) else "down" if states and all(s is False for s in states) else "not tried")
+        state_class = state.replace(" ", "-")
         rows.append(
             f'<tr><td>{name}</td><td>{"<br>".join(html.escape(t) for t in targets_of(site))}</td>'
-            f'<td><span class="state {state.replace(' ', '-')}">{state}</span></td><td class="mark">{html.escape(str(site.mark))}</td></tr>'
+            f'<td><span class="state {state_class}">{state}</span></td><td class="mark">{html.escape(str(site.mark))}</td></tr>'
         )
     if not rows:
         return "<p>No sites yet. Add one to sites.yaml, for example <code>app1: 3000</code>.</p>"
