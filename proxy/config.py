@@ -108,8 +108,8 @@ class Upstreams:
     def should_verify(self, upstream: Upstream) -> bool:
         return self.verify if self.verify is not None else not upstream.is_loopback
 
-    def describe(self) -> str:
-        return ", ".join(_describe_upstream(u) for u in self.addresses)
+    def describe(self, *, as_written: bool = False) -> str:
+        return ", ".join(_describe_upstream(u, as_written) for u in self.addresses)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +119,7 @@ class StaticRoot:
     path: str
     spa: bool = False
 
-    def describe(self) -> str:
+    def describe(self, *, as_written: bool = False) -> str:
         return f"files in {self.path}" + (" (spa)" if self.spa else "")
 
 
@@ -148,11 +148,24 @@ class Site:
     def is_wildcard(self) -> bool:
         return self.host.startswith("*.")
 
-    def describe(self) -> str:
-        """The target in one line, as the sites table and the reload log show it."""
+    def same_routing(self, other: Site) -> bool:
+        """Return whether two sites send every request to the same place (config lines aside)."""
+        def key(site: Site) -> tuple[tuple[str, Target, bool], ...]:
+            return tuple((r.prefix, r.target, r.strip_prefix) for r in site.routes)
+
+        return key(self) == key(other)
+
+    def target_lines(self) -> list[str]:
+        """Return one line per route saying where its requests go (`/api -> localhost:8000`)."""
         if len(self.routes) == 1 and self.routes[0].prefix == "/":
-            return self.routes[0].target.describe()
-        return ", ".join(f"{r.prefix} -> {r.target.describe()}" for r in self.routes)
+            return [self.routes[0].target.describe()]
+        return [f"{r.prefix} -> {r.target.describe()}" for r in self.routes]
+
+    def describe(self, *, as_written: bool = False) -> str:
+        """The target in one line; `as_written` shows a localhost port as the bare port, as in the file."""
+        if len(self.routes) == 1 and self.routes[0].prefix == "/":
+            return self.routes[0].target.describe(as_written=as_written)
+        return ", ".join(f"{r.prefix} -> {r.target.describe(as_written=as_written)}" for r in self.routes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +196,11 @@ def _is_loopback_host(host: str) -> bool:
         return False
 
 
-def _describe_upstream(upstream: Upstream) -> str:
-    return upstream.authority if upstream.scheme == "http" else str(upstream)
+def _describe_upstream(upstream: Upstream, as_written: bool) -> str:
+    """Return `localhost:3000` (or `3000` as written), `127.0.0.1:5173`, `https://127.0.0.1:8443`."""
+    if upstream.scheme == "https":
+        return str(upstream)
+    return str(upstream.port) if as_written and upstream.host == "localhost" else upstream.authority
 
 
 def _canonical_ip(host: str) -> str | None:
