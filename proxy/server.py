@@ -54,26 +54,28 @@ class ProxyServer:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.table = RoutingTable(config.sites)
+        # The FILE:LINE:COL lines of a file that failed to load; the last good config keeps serving.
+        self.config_error: str | None = None
         self.book = UpstreamBook()
         self.listeners: list[Listener] = []
+        self._sites: list[web.SockSite] = []
         self._forwarder: Forwarder | None = None
         self._runner: web.ServerRunner | None = None
         self._in_flight: set[asyncio.Task[object]] = set()  # handler tasks, for the shutdown grace
 
     def apply(self, config: Config) -> None:
-        """Swap in a new config. One assignment: a request sees the old table or the new one."""
-        self.config, self.table = config, RoutingTable(config.sites)
+        """Swap in a new config. One assignment: a request sees the old table or the new one.
+
+        Nothing in flight is touched: requests, WebSockets and streams hold their own route, and
+        pooled connections and up/down state are keyed by upstream address, so they carry over.
+        """
+        self.config, self.table, self.config_error = config, RoutingTable(config.sites), None
 
     # ------------------------------------------------------------ listeners
 
     async def start(self, address: ListenAddress, *, allow_remote: bool = False) -> list[Listener]:
         """Bind the HTTP listeners and start serving; raise ListenError if they cannot be bound."""
-        if not allow_remote and not address.is_loopback:
-            raise ListenError(
-                f"refusing to listen on {address}: that is reachable from other machines, and this proxy "
-                f"forwards to your dev servers. Use 127.0.0.1 or [::1], or pass --allow-remote if you mean it."
-            )
-        sockets = _bind_all(address)
+        sockets = _bind_all(address, allow_remote=allow_remote)
         self._forwarder = Forwarder(new_upstream_session(), self.book)
         server = web.Server(
             self.handle,
@@ -85,11 +87,30 @@ class ProxyServer:
         )
         self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)
         await self._runner.setup()
+        await self._serve_on(sockets)
+        return self.listeners
+
+    async def move_listeners(self, address: ListenAddress, *, allow_remote: bool = False) -> list[Listener]:
+        """Listen on a new address, then stop the old listeners; raise ListenError and keep the old ones if it fails.
+
+        Connections already accepted on the old sockets carry on until they close.
+        """
+        sockets = _bind_all(address, allow_remote=allow_remote)
+        old_sites = self._sites
+        self._sites, self.listeners = [], []
+        await self._serve_on(sockets)
+        for site in old_sites:
+            await site.stop()
+        return self.listeners
+
+    async def _serve_on(self, sockets: list[socket.socket]) -> None:
+        assert self._runner is not None
         for sock in sockets:
-            await web.SockSite(self._runner, sock).start()
+            site = web.SockSite(self._runner, sock)
+            await site.start()
+            self._sites.append(site)
             host, port = sock.getsockname()[:2]
             self.listeners.append(Listener("http", host, port))
-        return self.listeners
 
     async def stop(self) -> None:
         """Stop accepting, end streams and WebSockets, give in-flight requests the grace period."""
@@ -192,9 +213,9 @@ class ProxyServer:
     def _own_page(self, request: web.BaseRequest, target: str, config: Config, accept: str, port: int | None, dashboard_url: str) -> web.Response:
         path = target.partition("?")[0]
         if path == "/api/sites":
-            return web.json_response(pages.api_sites(config, self.book, "http", port), dumps=_pretty_json)
+            return web.json_response(pages.api_sites(config, self.config_error, self.book, "http", port), dumps=_pretty_json)
         if path == "/" and request.method in ("GET", "HEAD"):
-            return pages.index_response(config, self.book, accept, "http", port, dashboard_url)
+            return pages.index_response(config, self.config_error, self.book, accept, "http", port, dashboard_url)
         return pages.problem_response(pages.Problem(404, "Not found", f"The proxy has no page at {path}.", "The list of sites is at /, and as JSON at /api/sites."), accept, dashboard_url)
 
 
@@ -244,8 +265,13 @@ def _log_access(request: web.BaseRequest, host_header: str, target: str, exchang
 # ---------------------------------------------------------------- binding
 
 
-def _bind_all(address: ListenAddress) -> list[socket.socket]:
+def _bind_all(address: ListenAddress, *, allow_remote: bool) -> list[socket.socket]:
     """Return listening sockets for an address; a bare port gets 127.0.0.1, then [::1] on the same port."""
+    if not allow_remote and not address.is_loopback:
+        raise ListenError(
+            f"refusing to listen on {address}: that is reachable from other machines, and this proxy "
+            f"forwards to your dev servers. Use 127.0.0.1 or [::1], or pass --allow-remote if you mean it."
+        )
     if address.host is not None:
         return [_bind(address.host, address.port)]
     first = _bind("127.0.0.1", address.port)

@@ -86,24 +86,14 @@ def site_url(site: Site, scheme: str, port: int | None) -> str | None:
     return f"{scheme}://{site.host}" + (f":{port}" if port else "")
 
 
-def targets_of(site: Site) -> list[str]:
-    """Return one line per route: where its requests go."""
-    lines = []
-    for route in site.routes:
-        prefix = "" if route.prefix == "/" and len(site.routes) == 1 else f"{route.prefix} -> "
-        lines.append(prefix + _target_text(route.target))
-    return lines
-
-
-def _target_text(target: Upstreams | StaticRoot) -> str:
-    if isinstance(target, StaticRoot):
-        return target.describe()
-    return ", ".join(str(u) for u in target.addresses)
-
-
-def api_sites(config: Config, book: UpstreamBook, scheme: str, port: int | None) -> dict[str, object]:
-    """Return the /api/sites document: the config file, its current error (none yet) and the sites."""
-    return {"config": config.file, "config_error": None, "sites": sites_json(config, book, scheme, port)}
+def api_sites(config: Config, config_error: str | None, book: UpstreamBook, scheme: str, port: int | None) -> dict[str, object]:
+    """Return the /api/sites document: the config file, why its latest save was not loaded (or null), the sites."""
+    return {
+        "config": config.file,
+        "config_error": config_error,
+        "config_errors": config_error.splitlines() if config_error else [],
+        "sites": sites_json(config, book, scheme, port),
+    }
 
 
 def sites_json(config: Config, book: UpstreamBook, scheme: str, port: int | None) -> list[dict[str, object]]:
@@ -126,7 +116,7 @@ def sites_json(config: Config, book: UpstreamBook, scheme: str, port: int | None
             {
                 "host": site.host,
                 "url": site_url(site, scheme, port),
-                "targets": targets_of(site),
+                "targets": site.target_lines(),
                 "config": str(site.mark),
                 "routes": routes,
             }
@@ -143,7 +133,7 @@ def _sites_table(sites: Iterable[Site], book: UpstreamBook, scheme: str, port: i
         state = "static" if not states else ("up" if any(states) else "down" if states and all(s is False for s in states) else "not tried")
         state_class = state.replace(" ", "-")
         rows.append(
-            f'<tr><td>{name}</td><td>{"<br>".join(html.escape(t) for t in targets_of(site))}</td>'
+            f'<tr><td>{name}</td><td>{"<br>".join(html.escape(t) for t in site.target_lines())}</td>'
             f'<td><span class="state {state_class}">{state}</span></td><td class="mark">{html.escape(str(site.mark))}</td></tr>'
         )
     if not rows:
@@ -151,14 +141,20 @@ def _sites_table(sites: Iterable[Site], book: UpstreamBook, scheme: str, port: i
     return "<table><thead><tr><th>Site</th><th>Target</th><th>State</th><th>Config</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
 
 
-def index_response(config: Config, book: UpstreamBook, accept: str, scheme: str, port: int | None, dashboard_url: str) -> web.Response:
-    """Return the proxy's own page: every site with a link and target."""
+def index_response(config: Config, config_error: str | None, book: UpstreamBook, accept: str, scheme: str, port: int | None, dashboard_url: str) -> web.Response:
+    """Return the proxy's own page: every site with a link and target, and the config error if any."""
     if _wants(accept) == "json":
-        return web.json_response(api_sites(config, book, scheme, port))
+        return web.json_response(api_sites(config, config_error, book, scheme, port))
     if _wants(accept) == "text":
-        lines = [f"{site.host}  ->  {', '.join(targets_of(site))}  ({site.mark})" for site in config.sites]
+        lines = [f"{site.host}  ->  {', '.join(site.target_lines())}  ({site.mark})" for site in config.sites]
+        if config_error:
+            lines = [f"{config.file} was not loaded; still serving the last good config:", config_error, ""] + lines
         return web.Response(text="\n".join(lines or ["no sites configured"]) + "\n")
-    body = f"""<h1>Sites</h1>
+    banner = ""
+    if config_error:
+        banner = f"""<div class="banner"><strong>{html.escape(config.file)} was not loaded</strong>; the sites below are the last good config.
+<pre>{html.escape(config_error)}</pre></div>"""
+    body = f"""{banner}<h1>Sites</h1>
 <p class="detail">Routed from <code>{html.escape(config.file)}</code>.</p>
 {_sites_table(config.sites, book, scheme, port)}"""
     return web.Response(text=_page("Sites", body, dashboard_url), content_type="text/html", headers={"Cache-Control": "no-store"})

@@ -1,0 +1,149 @@
+"""Live config: a watchdog thread hands file events to the loop, the loop debounces and reloads.
+
+A file that does not load leaves the last good config serving; its FILE:LINE:COL lines are logged
+once and kept on the server for the index page and /api/sites. Watching never stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from proxy.changes import describe_changes
+from proxy.config import load_config
+from proxy.errors import ConfigErrors, ListenError
+from proxy.server import Listener, ProxyServer
+
+log = logging.getLogger("proxy")
+
+# Editors save in bursts (truncate + write, temp + rename, backup + delete): wait for quiet.
+DEBOUNCE_SECONDS = 0.2
+
+
+class Reloader:
+    """Loads the config file again and swaps it in when it is valid."""
+
+    def __init__(
+        self,
+        server: ProxyServer,
+        path: str,
+        *,
+        http_overridden: bool,
+        allow_remote: bool,
+        on_listening: Callable[[list[Listener]], None],
+    ) -> None:
+        self.server = server
+        self.path = path
+        self.http_overridden = http_overridden
+        self.allow_remote = allow_remote
+        self.on_listening = on_listening
+        self._lock = asyncio.Lock()
+        self._last_text_digest = _digest_of_file(path)  # what the running config was loaded from
+
+    async def reload(self, reason: str, *, force: bool = False) -> None:
+        """Load the file; apply it if valid, else keep the last good config and say why.
+
+        Without `force`, a file whose bytes did not change since the last load is left alone.
+        """
+        async with self._lock:  # one reload at a time, in the order asked
+            await self._reload(reason, force)
+
+    async def _reload(self, reason: str, force: bool) -> None:
+        if not os.path.exists(self.path):
+            self._report_error(f"{self.path}: the file is missing (deleted or being replaced); still serving the last good config until it is back")
+            self._last_text_digest = None
+            return
+        digest = _digest_of_file(self.path)
+        if not force and digest is not None and digest == self._last_text_digest and self.server.config_error is None:
+            return  # an event without a change (editors touch, close, chmod)
+        try:
+            new = load_config(self.path)
+        except ConfigErrors as exc:
+            self._last_text_digest = digest
+            self._report_error(str(exc))
+            return
+        old = self.server.config
+        self._last_text_digest = digest
+        was_broken = self.server.config_error is not None
+        self.server.apply(new)
+        changes = describe_changes(old, new)
+        if was_broken:
+            log.info("%s loads again (%s)", self.path, reason)
+        if changes:
+            log.info("reloaded %s (%s):\n%s", self.path, reason, "\n".join(f"  {line}" for line in changes))
+        elif not was_broken:
+            log.info("reloaded %s (%s): no routing changes", self.path, reason)
+        if old.listen_http != new.listen_http:
+            await self._move_listeners()
+
+    async def _move_listeners(self) -> None:
+        address = self.server.config.listen_http
+        if self.http_overridden:
+            log.info("note: listen.http in %s is now %s, but --http on the command line takes precedence; restart without --http to use it", self.path, address)
+            return
+        try:
+            listeners = await self.server.move_listeners(address, allow_remote=self.allow_remote)
+        except ListenError as exc:
+            still = ", ".join(listener.url for listener in self.server.listeners)
+            log.warning("cannot move the listener: %s; still listening on %s (fix listen.http or restart)", exc, still)
+            return
+        self.on_listening(listeners)
+
+    def _report_error(self, text: str) -> None:
+        if text != self.server.config_error:  # say it once, not on every save of the same mistake
+            log.warning("%s not loaded; still serving the last good config:\n%s", self.path, text)
+        self.server.config_error = text
+
+
+def _digest_of_file(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
+
+
+class ConfigWatcher(FileSystemEventHandler):
+    """Watches the config file's folder and asks for a reload once events go quiet."""
+
+    def __init__(self, path: str, loop: asyncio.AbstractEventLoop, reload: Callable[[], None]) -> None:
+        super().__init__()
+        # A symlinked config is watched at both ends: editing either path must reload.
+        self._paths = {os.path.abspath(path), os.path.realpath(path)}
+        self._loop = loop
+        self._reload = reload
+        self._timer: asyncio.TimerHandle | None = None
+        self._observer = Observer()
+        for folder in {os.path.dirname(p) for p in self._paths}:
+            self._observer.schedule(self, folder, recursive=False)
+
+    def start(self) -> None:
+        self._observer.start()
+
+    def stop(self) -> None:
+        self._observer.stop()
+        self._observer.join(timeout=5)
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        # Observer thread. Editors save by renaming a temp file over ours: check both ends.
+        touched = {os.path.abspath(os.fsdecode(event.src_path)), os.path.abspath(os.fsdecode(getattr(event, "dest_path", "") or ""))}
+        if touched & self._paths:
+            self._loop.call_soon_threadsafe(self._poke)
+
+    def _poke(self) -> None:
+        """Loop thread: (re)start the quiet timer; the reload runs once the burst is over."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(DEBOUNCE_SECONDS, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._reload()
