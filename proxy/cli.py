@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
 import sys
+from dataclasses import asdict
 
 from proxy import __version__
-from proxy.config import Config, ListenAddress, load_config, parse_listen_address
+from proxy.config import Config, ListenAddress, disk_root_checker, load_config, normalize_site_name, parse_listen_address
 from proxy.errors import ConfigErrors, ProxyError
-from proxy.server import ProxyServer
+from proxy.ports import probe_sites
+from proxy.reload import ConfigWatcher, Reloader
+from proxy.server import Listener, ProxyServer
+from proxy.sitesfile import add_site, remove_site, write_atomically
 
 EXIT_OK, EXIT_NEGATIVE, EXIT_USER_ERROR = 0, 1, 2
 
@@ -45,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-https", action="store_true", help="do not start the HTTPS listener")
     run.add_argument("--allow-remote", action="store_true", help="allow listening on addresses other machines can reach (off by default: the proxy forwards to your dev servers)")
     with_config(commands.add_parser("check", help="validate the config file: exit 0 if valid, 2 with FILE:LINE:COL lines if not"))
+    add = with_config(commands.add_parser("add", help="add a site to the config file, keeping its comments", description="Add NAME -> TARGET to the config file in place (comments and layout kept); a running proxy picks it up."))
+    add.add_argument("name", metavar="NAME", help="app1 (meaning app1.localhost), app1.localhost or *.preview.localhost")
+    add.add_argument("target", metavar="TARGET", help="3000, 127.0.0.1:5173, http://[::1]:4000, https://127.0.0.1:8443, [8000, 8001] or {root: ./public}")
+    add.add_argument("--replace", action="store_true", help="replace the site's target if it is already there")
+    rm = with_config(commands.add_parser("rm", help="remove a site from the config file, keeping its comments"))
+    rm.add_argument("name", metavar="NAME")
+    listing = with_config(commands.add_parser("list", help="the sites, their targets, and whether each answers now"))
+    listing.add_argument("--json", action="store_true", help="print a JSON list for scripts")
     return parser
 
 
@@ -56,8 +69,14 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args.config)
         if args.command == "run":
             return asyncio.run(_run(args))
+        if args.command in ("add", "rm"):
+            return _edit(args)
+        if args.command == "list":
+            return asyncio.run(_list(args.config, as_json=args.json))
     except ConfigErrors as exc:
         print(exc, file=sys.stderr, flush=True)  # FILE:LINE:COL lines, one per problem
+        if args.command in ("add", "rm"):
+            print(f"nothing was written to {args.config}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
     except ProxyError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
@@ -82,6 +101,46 @@ def _check(path: str) -> int:
     return EXIT_OK
 
 
+def _edit(args: argparse.Namespace) -> int:
+    """`add` and `rm`: edit the file in place, validated, written atomically."""
+    path = args.config
+    try:
+        with open(path, encoding="utf-8", newline="") as f:  # newline="": keep CRLF files CRLF
+            text = f.read()
+    except FileNotFoundError:
+        if args.command == "rm":
+            raise ProxyError(f"{path} does not exist; nothing to remove") from None
+        text = "sites:\n"  # `add` on a new machine starts the file
+    if args.command == "add":
+        new_text = add_site(text, path, args.name, args.target, replace=args.replace, check_root=disk_root_checker(path))
+    else:
+        new_text = remove_site(text, path, args.name)
+    write_atomically(path, new_text)
+    host = normalize_site_name(args.name)
+    if args.command == "add":
+        print(f"{'set' if args.replace else 'added'} {host} -> {args.target} in {path}")
+    else:
+        print(f"removed {host} from {path}")
+    return EXIT_OK
+
+
+async def _list(path: str, *, as_json: bool) -> int:
+    """`list`: every site with its targets and whether it answers a connect right now."""
+    config = load_config(path)
+    probes = await probe_sites(config)
+    if as_json:
+        print(json.dumps([asdict(p) for p in probes], indent=2))
+        return EXIT_OK
+    if not probes:
+        print(f"no sites in {path}")
+        return EXIT_OK
+    table = [(p.host, ", ".join(p.targets), "up" if p.up else "down") for p in probes]
+    widths = [max(len(row[i]) for row in table + [("HOST", "TARGET", "STATE")]) for i in range(3)]
+    for row in [("HOST", "TARGET", "STATE"), *table]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return EXIT_OK
+
+
 def _warn_if_slow_parser() -> None:
     """Warn loudly when aiohttp runs its pure-Python HTTP parser (slower, and not the audited one)."""
     from aiohttp import http_parser
@@ -102,12 +161,21 @@ async def _run(args: argparse.Namespace) -> int:
         logging.getLogger("proxy").info("--http %s overrides listen.http (%s) in %s", args.http, config.listen_http, config.file)
     server = ProxyServer(config)
     listeners = await server.start(address, allow_remote=args.allow_remote)
-    for listener in listeners:
-        print(f"listening on {listener.url}", flush=True)
+    _print_listening(listeners)
     _print_sites(config, listeners[0].port)
 
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    reloader = Reloader(server, args.config, http_overridden=args.http is not None, allow_remote=args.allow_remote, on_listening=_print_listening)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def reload_soon(reason: str, force: bool = False) -> None:
+        task = loop.create_task(reloader.reload(reason, force=force))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    watcher = ConfigWatcher(args.config, loop, lambda: reload_soon("file changed"))
+    watcher.start()
+    stop = asyncio.Event()
 
     def on_signal() -> None:
         if stop.is_set():  # a second Ctrl-C: the user does not want to wait for the grace period
@@ -117,23 +185,32 @@ async def _run(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    await stop.wait()
+    loop.add_signal_handler(signal.SIGHUP, reload_soon, "SIGHUP", True)
+    try:
+        await stop.wait()
+    finally:
+        watcher.stop()
     print("stopping: finishing requests in flight (up to 5 s; press Ctrl-C again to stop now)", file=sys.stderr, flush=True)
     await server.stop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         # Past this point the loop is closing; a late signal must not land in a closed loop.
         loop.remove_signal_handler(sig)
         signal.signal(sig, signal.SIG_IGN)
     return EXIT_OK
 
 
+def _print_listening(listeners: list[Listener]) -> None:
+    for listener in listeners:
+        print(f"listening on {listener.url}", flush=True)
+
+
 def _print_sites(config: Config, port: int) -> None:
-    from proxy.dashboard.pages import site_url, targets_of
+    from proxy.dashboard.pages import site_url
 
     if not config.sites:
         print(f"no sites in {config.file} yet: add one, for example `app1: 3000`", flush=True)
         return
-    rows = [(site_url(site, "http", port) or site.host, ", ".join(targets_of(site))) for site in config.sites]
+    rows = [(site_url(site, "http", port) or site.host, ", ".join(site.target_lines())) for site in config.sites]
     width = max(len(url) for url, _ in rows)
     print("sites:", flush=False)
     for url, target in rows:
