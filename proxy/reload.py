@@ -7,16 +7,15 @@ once and kept on the server for the index page and /api/sites. Watching never st
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 from collections.abc import Callable
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import EVENT_TYPE_CLOSED_NO_WRITE, EVENT_TYPE_OPENED, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from proxy.changes import describe_changes
-from proxy.config import load_config
+from proxy.config import load_config, text_digest
 from proxy.errors import ConfigErrors, ListenError
 from proxy.server import Listener, ProxyServer
 
@@ -24,6 +23,7 @@ log = logging.getLogger("proxy")
 
 # Editors save in bursts (truncate + write, temp + rename, backup + delete): wait for quiet.
 DEBOUNCE_SECONDS = 0.2
+_READ_ONLY_EVENTS = frozenset({EVENT_TYPE_OPENED, EVENT_TYPE_CLOSED_NO_WRITE})
 
 
 class Reloader:
@@ -44,7 +44,7 @@ class Reloader:
         self.allow_remote = allow_remote
         self.on_listening = on_listening
         self._lock = asyncio.Lock()
-        self._last_text_digest = _digest_of_file(path)  # what the running config was loaded from
+        self._last_text_digest: str | None = server.config.source_digest  # the text last tried
 
     async def reload(self, reason: str, *, force: bool = False) -> None:
         """Load the file; apply it if valid, else keep the last good config and say why.
@@ -103,9 +103,9 @@ class Reloader:
 
 def _digest_of_file(path: str) -> str | None:
     try:
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
-    except OSError:
+        with open(path, encoding="utf-8") as f:
+            return text_digest(f.read())
+    except (OSError, UnicodeDecodeError):
         return None
 
 
@@ -133,7 +133,11 @@ class ConfigWatcher(FileSystemEventHandler):
             self._timer.cancel()
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        # Observer thread. Editors save by renaming a temp file over ours: check both ends.
+        # Observer thread. Reading the file (ours included) raises open/close events: those are
+        # not edits, and reacting to them would re-read the file forever.
+        if event.event_type in _READ_ONLY_EVENTS:
+            return
+        # Editors save by renaming a temp file over ours: check both ends.
         touched = {os.path.abspath(os.fsdecode(event.src_path)), os.path.abspath(os.fsdecode(getattr(event, "dest_path", "") or ""))}
         if touched & self._paths:
             self._loop.call_soon_threadsafe(self._poke)
