@@ -161,8 +161,6 @@ async def _run(args: argparse.Namespace) -> int:
         logging.getLogger("proxy").info("--http %s overrides listen.http (%s) in %s", args.http, config.listen_http, config.file)
     server = ProxyServer(config)
     listeners = await server.start(address, allow_remote=args.allow_remote)
-    _print_listening(listeners)
-    _print_sites(config, listeners[0].port)
 
     loop = asyncio.get_running_loop()
     reloader = Reloader(server, args.config, http_overridden=args.http is not None, allow_remote=args.allow_remote, on_listening=_print_listening)
@@ -173,8 +171,6 @@ async def _run(args: argparse.Namespace) -> int:
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
-    watcher = ConfigWatcher(args.config, loop, lambda: reload_soon("file changed"))
-    watcher.start()
     stop = asyncio.Event()
 
     def on_signal() -> None:
@@ -186,6 +182,13 @@ async def _run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     loop.add_signal_handler(signal.SIGHUP, reload_soon, "SIGHUP", True)
+
+    watcher = ConfigWatcher(args.config, loop, lambda: reload_soon("file changed"))
+    watcher.start()
+    reload_soon("changed while starting")  # an edit between the first read and the watch; no-op otherwise
+    # Only now say we are listening: whoever waits for this line may edit the file or signal at once.
+    _print_listening(listeners)
+    _print_sites(config, listeners[0].port)
     try:
         await stop.wait()
     finally:

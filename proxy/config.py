@@ -6,7 +6,9 @@ is asked through the `check_root` function the caller passes in (load_config pas
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import hashlib
 import ipaddress
 import os
 import re
@@ -177,6 +179,7 @@ class Config:
     listen_http: ListenAddress
     sites: tuple[Site, ...] = field(default=())
     listen_keys: frozenset[str] = frozenset()  # the `listen:` keys the file sets itself
+    source_digest: str = ""  # sha256 of the text it was parsed from: a reload of the same bytes is a no-op
 
 
 # ---------------------------------------------------------------- helpers shared with the CLI
@@ -281,7 +284,12 @@ def parse_config(
     if parser.errors:
         raise ConfigErrors(parser.errors)
     assert config is not None
-    return config
+    return dataclasses.replace(config, source_digest=text_digest(text))
+
+
+def text_digest(text: str) -> str:
+    """Return the digest reload compares to tell an edit from an event that changed nothing."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class _Parser:
