@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.rawhttp import EchoUpstream, echo, echo_upstream
+
 LISTENING = re.compile(r"listening on (http://\S+)")
 
 
@@ -145,12 +147,14 @@ async def start_proxy(tmp_path: Path) -> AsyncIterator[ProxyFactory]:
     """Start the proxy on sites (a dict of the `sites:` mapping, or whole YAML text); stopped at teardown."""
     started: list[Proxy] = []
 
-    async def start(sites: dict[str, Any] | str, *args: str, http: str = "127.0.0.1:0", env: dict[str, str] | None = None) -> Proxy:
+    async def start(sites: dict[str, Any] | str, *args: str, http: str | None = "127.0.0.1:0", env: dict[str, str] | None = None) -> Proxy:
+        """http=None leaves --http out, so the file's `listen:` decides."""
         folder = tmp_path / f"proxy{len(started)}"
         folder.mkdir()
         config = folder / "sites.yaml"
         write_sites(config, sites)
-        command = [sys.executable, "-m", "proxy", "run", "--config", str(config), "--http", http, "--no-https", *args]
+        listen = ["--http", http] if http is not None else []
+        command = [sys.executable, "-m", "proxy", "run", "--config", str(config), *listen, "--no-https", *args]
         stdout = open(folder / "proxy.stdout", "wb")
         stderr = open(folder / "proxy.stderr", "wb")
         process = subprocess.Popen(command, stdout=stdout, stderr=stderr, cwd=folder, env={**os.environ, **(env or {})})
@@ -175,20 +179,6 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def echo(request: web.Request) -> web.StreamResponse:
-    """Answer with what arrived: method, raw target, headers (all, in order) and the body length."""
-    body = await request.read()
-    return web.json_response(
-        {
-            "method": request.method,
-            "target": request.raw_path,
-            "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.raw_headers],
-            "body_length": len(body),
-            "body": body.decode("utf-8", "replace") if len(body) < 4096 else "",
-        }
-    )
-
-
 @pytest.fixture
 async def echo_server() -> AsyncIterator[TestServer]:
     """A real app on 127.0.0.1 with an ephemeral port that echoes what it received."""
@@ -197,6 +187,20 @@ async def echo_server() -> AsyncIterator[TestServer]:
     server = TestServer(app, host="127.0.0.1")
     async with server:
         yield server
+
+
+@pytest.fixture
+async def upstream_a() -> AsyncIterator[EchoUpstream]:
+    """An echo app that answers with X-Upstream: A."""
+    async with echo_upstream("A") as upstream:
+        yield upstream
+
+
+@pytest.fixture
+async def upstream_b() -> AsyncIterator[EchoUpstream]:
+    """An echo app that answers with X-Upstream: B."""
+    async with echo_upstream("B") as upstream:
+        yield upstream
 
 
 @pytest.fixture

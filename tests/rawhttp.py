@@ -15,7 +15,20 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import echo
+
+async def echo(request: web.Request) -> web.StreamResponse:
+    """Answer with what arrived: method, raw target, headers (all, in order) and the body length."""
+    body = await request.read()
+    return web.json_response(
+        {
+            "method": request.method,
+            "target": request.raw_path,
+            "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.raw_headers],
+            "body_length": len(body),
+            "body": body.decode("utf-8", "replace") if len(body) < 4096 else "",
+        }
+    )
+
 
 TIMEOUT = 5.0  # seconds any single read, connect or request may take
 

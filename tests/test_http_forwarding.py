@@ -19,12 +19,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from tests.conftest import ProxyFactory, echo, free_port, self_signed_context
+from tests.conftest import ProxyFactory, free_port, self_signed_context
 from tests.rawhttp import (
     TIMEOUT,
     EchoUpstream,
     canned,
     connection,
+    echo,
     echo_upstream,
     exchange,
     header_values,
@@ -32,19 +33,6 @@ from tests.rawhttp import (
     raw_upstream,
     read_response,
 )
-
-
-@pytest.fixture
-async def upstream_a() -> AsyncIterator[EchoUpstream]:
-    async with echo_upstream("A") as upstream:
-        yield upstream
-
-
-@pytest.fixture
-async def upstream_b() -> AsyncIterator[EchoUpstream]:
-    async with echo_upstream("B") as upstream:
-        yield upstream
-
 
 GZIPPED = gzip.compress(b"compressed by the app, not by the proxy\n" * 50, mtime=0)
 FILE_BODY = bytes(range(256)) * 8 + b"tail"

@@ -15,10 +15,8 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,8 +26,8 @@ import pytest
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from tests.conftest import LISTENING, Proxy, ProxyFactory, free_port, write_sites
-from tests.rawhttp import EchoUpstream, echo_upstream
+from tests.conftest import LISTENING, Proxy, ProxyFactory, free_port
+from tests.rawhttp import EchoUpstream
 
 T = TypeVar("T")
 
@@ -217,18 +215,6 @@ SAVES = [save_in_place, save_truncate_then_write, save_rename_over, save_delete_
 def sites_text(sites: dict[str, Any]) -> str:
     """Return sites.yaml text for a `sites:` mapping, one site per line."""
     return "sites:\n" + "".join(f"  {name}: {target}\n" for name, target in sites.items())
-
-
-@pytest.fixture
-async def upstream_a() -> AsyncIterator[EchoUpstream]:
-    async with echo_upstream("a") as upstream:
-        yield upstream
-
-
-@pytest.fixture
-async def upstream_b() -> AsyncIterator[EchoUpstream]:
-    async with echo_upstream("b") as upstream:
-        yield upstream
 
 
 # ---------------------------------------------------------------- saves
@@ -534,28 +520,13 @@ async def test_up_and_down_state_of_unchanged_upstreams_survives_a_reload(
 
 
 @pytest.fixture
-async def start_proxy_from_file(tmp_path: Path) -> AsyncIterator[Callable[[str], Awaitable[Proxy]]]:
-    """Start `python -m proxy run --config F --no-https` without --http, so the file's `listen:` rules."""
-    started: list[Proxy] = []
+def start_proxy_from_file(start_proxy: ProxyFactory) -> Callable[[str], Awaitable[Proxy]]:
+    """Start the proxy without --http, so the file's `listen:` rules."""
 
     async def start(text: str) -> Proxy:
-        folder = tmp_path / f"bare{len(started)}"
-        folder.mkdir()
-        config = folder / "sites.yaml"
-        write_sites(config, text)
-        command = [sys.executable, "-m", "proxy", "run", "--config", str(config), "--no-https"]
-        with open(folder / "proxy.stdout", "wb") as out, open(folder / "proxy.stderr", "wb") as err:
-            process = subprocess.Popen(command, stdout=out, stderr=err, cwd=folder)
-        proxy = Proxy(folder, config, process)
-        started.append(proxy)
-        await proxy.wait_listening()
-        return proxy
+        return await start_proxy(text, http=None)
 
-    yield start
-    for proxy in started:
-        if proxy.process.poll() is None:
-            proxy.process.kill()
-            proxy.process.wait()
+    return start
 
 
 def listen_text(port: int, sites: dict[str, Any]) -> str:
@@ -592,7 +563,7 @@ async def test_a_new_listen_port_is_bound_or_the_old_one_kept_with_a_restart_not
     result: str = await until(outcome, lambda: f"port {new} bound (or a restart note)\n{proxy.stdout()}\n{proxy.stderr()}")
     port = new if result == "rebound" else old
     answer = await fetch(client, f"http://127.0.0.1:{port}", "app1.localhost")
-    assert (answer.status, answer.upstream) == (200, "a")
+    assert (answer.status, answer.upstream) == (200, "A")
     assert_healthy(proxy)
 
 

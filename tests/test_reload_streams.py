@@ -8,11 +8,10 @@ Real proxy process, real upstreams on 127.0.0.1; waits are polls with deadlines.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
-import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 
@@ -37,18 +36,6 @@ from tests.test_reload import (
 )
 
 WORKERS = 200
-
-
-@pytest.fixture
-async def upstream_a() -> AsyncIterator[EchoUpstream]:
-    async with echo_upstream("a") as upstream:
-        yield upstream
-
-
-@pytest.fixture
-async def upstream_b() -> AsyncIterator[EchoUpstream]:
-    async with echo_upstream("b") as upstream:
-        yield upstream
 
 
 # ---------------------------------------------------------------- concurrent requests
