@@ -45,6 +45,7 @@ class Reloader:
         self.on_listening = on_listening
         self._lock = asyncio.Lock()
         self._last_text_digest: str | None = server.config.source_digest  # the text last tried
+        self._noted_listen = server.config.listen_http  # the file's listen.http when --http won
 
     async def reload(self, reason: str, *, force: bool = False) -> None:
         """Load the file; apply it if valid, else keep the last good config and say why.
@@ -79,13 +80,15 @@ class Reloader:
             log.info("reloaded %s (%s):\n%s", self.path, reason, "\n".join(f"  {line}" for line in changes))
         elif not was_broken:
             log.info("reloaded %s (%s): no routing changes", self.path, reason)
-        if old.listen_http != new.listen_http:
+        if new.listen_http != self.server.listen_address:
             await self._move_listeners()
 
     async def _move_listeners(self) -> None:
         address = self.server.config.listen_http
         if self.http_overridden:
-            log.info("note: listen.http in %s is now %s, but --http on the command line takes precedence; restart without --http to use it", self.path, address)
+            if address != self._noted_listen:  # say it once per value, not on every reload
+                self._noted_listen = address
+                log.info("note: listen.http in %s is now %s, but --http on the command line takes precedence; restart without --http to use it", self.path, address)
             return
         try:
             listeners = await self.server.move_listeners(address, allow_remote=self.allow_remote)

@@ -58,6 +58,7 @@ class ProxyServer:
         self.config_error: str | None = None
         self.book = UpstreamBook()
         self.listeners: list[Listener] = []
+        self.listen_address: ListenAddress | None = None  # what the listeners are bound to
         self._sites: list[web.SockSite] = []
         self._forwarder: Forwarder | None = None
         self._runner: web.ServerRunner | None = None
@@ -88,6 +89,7 @@ class ProxyServer:
         self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)
         await self._runner.setup()
         await self._serve_on(sockets)
+        self.listen_address = address
         return self.listeners
 
     async def move_listeners(self, address: ListenAddress, *, allow_remote: bool = False) -> list[Listener]:
@@ -99,6 +101,7 @@ class ProxyServer:
         old_sites = self._sites
         self._sites, self.listeners = [], []
         await self._serve_on(sockets)
+        self.listen_address = address
         for site in old_sites:
             await site.stop()
         return self.listeners

@@ -586,6 +586,31 @@ async def test_a_listen_port_in_use_keeps_the_old_listener_and_says_so(
         assert_healthy(proxy)
 
 
+async def test_after_a_failed_move_the_old_listen_port_can_be_written_back(
+    start_proxy_from_file: Callable[[str], Awaitable[Proxy]], client: aiohttp.ClientSession, upstream_a: EchoUpstream
+) -> None:
+    """Undoing a listen change that could not be applied is quiet, and a later move still works."""
+    old, later = free_port(), free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        proxy = await start_proxy_from_file(listen_text(old, {"app1": addr(upstream_a)}))
+        await save_in_place(proxy.config, listen_text(busy, {"app1": addr(upstream_a)}))
+        await until_true(lambda: "cannot move the listener" in proxy.stderr(), lambda: f"a warning about port {busy}\n{proxy.stderr()}")
+
+        await save_in_place(proxy.config, listen_text(old, {"app1": addr(upstream_a), "app2": addr(upstream_a)}))
+        await until_true(lambda: "+ app2.localhost" in proxy.stderr(), lambda: f"the reload adding app2\n{proxy.stderr()}")
+        await asyncio.sleep(SETTLE)
+        assert proxy.stderr().count("cannot move the listener") == 1, proxy.stderr()
+        assert await own_page_answers(client, old)
+
+        await save_in_place(proxy.config, listen_text(later, {"app1": addr(upstream_a)}))
+        await until_true(lambda: f"listening on http://127.0.0.1:{later}" in proxy.stdout(), lambda: f"a move to {later}\n{proxy.stdout()}{proxy.stderr()}")
+        assert await own_page_answers(client, later)
+        assert_healthy(proxy)
+
+
 async def test_listen_in_the_file_is_ignored_when_http_is_given_on_the_command_line(
     start_proxy: ProxyFactory, client: aiohttp.ClientSession, upstream_a: EchoUpstream, upstream_b: EchoUpstream
 ) -> None:
