@@ -707,13 +707,26 @@ def disk_root_checker(config_file: str) -> RootChecker:
     return check
 
 
-def load_config(path: str) -> Config:
-    """Read and parse a config file; raise ConfigErrors (or ProxyError if unreadable)."""
+def read_config_text(path: str) -> str:
+    """Return a config file's text; raise FileNotFoundError, or ConfigErrors if it cannot be read."""
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            return f.read()
     except FileNotFoundError:
-        raise ConfigErrors([ConfigError(Mark(path, 1, 1), "no such file; create it (see the README's sites.yaml example) or pass --config FILE")]) from None
+        raise
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigErrors([ConfigError(Mark(path, 1, 1), f"cannot read the file: {exc}")]) from None
+
+
+def parse_config_file_text(text: str, path: str) -> Config:
+    """Return the Config for text read from path, with static roots checked on the disk."""
     return parse_config(text, path, check_root=disk_root_checker(path))
+
+
+def load_config(path: str) -> Config:
+    """Read and parse a config file; raise ConfigErrors (a missing file included)."""
+    try:
+        text = read_config_text(path)
+    except FileNotFoundError:
+        raise ConfigErrors([ConfigError(Mark(path, 1, 1), "no such file; create it (see the README's sites.yaml example) or pass --config FILE")]) from None
+    return parse_config_file_text(text, path)

@@ -15,7 +15,7 @@ from watchdog.events import EVENT_TYPE_CLOSED_NO_WRITE, EVENT_TYPE_OPENED, FileS
 from watchdog.observers import Observer
 
 from proxy.changes import describe_changes
-from proxy.config import load_config, text_digest
+from proxy.config import parse_config_file_text, read_config_text, text_digest
 from proxy.errors import ConfigErrors, ListenError
 from proxy.server import Listener, ProxyServer
 
@@ -56,15 +56,20 @@ class Reloader:
             await self._reload(reason, force)
 
     async def _reload(self, reason: str, force: bool) -> None:
-        if not os.path.exists(self.path):
+        try:
+            text = read_config_text(self.path)
+        except FileNotFoundError:
             self._report_error(f"{self.path}: the file is missing (deleted or being replaced); still serving the last good config until it is back")
             self._last_text_digest = None
             return
-        digest = _digest_of_file(self.path)
-        if not force and digest is not None and digest == self._last_text_digest and self.server.config_error is None:
+        except ConfigErrors as exc:
+            self._report_error(str(exc))
+            return
+        digest = text_digest(text)
+        if not force and digest == self._last_text_digest and self.server.config_error is None:
             return  # an event without a change (editors touch, close, chmod)
         try:
-            new = load_config(self.path)
+            new = parse_config_file_text(text, self.path)
         except ConfigErrors as exc:
             self._last_text_digest = digest
             self._report_error(str(exc))
@@ -102,14 +107,6 @@ class Reloader:
         if text != self.server.config_error:  # say it once, not on every save of the same mistake
             log.warning("%s not loaded; still serving the last good config:\n%s", self.path, text)
         self.server.config_error = text
-
-
-def _digest_of_file(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return text_digest(f.read())
-    except (OSError, UnicodeDecodeError):
-        return None
 
 
 class ConfigWatcher(FileSystemEventHandler):
