@@ -16,12 +16,13 @@ import sys
 from dataclasses import asdict
 
 from proxy import __version__
-from proxy.config import Config, ListenAddress, disk_root_checker, load_config, normalize_site_name, parse_listen_address
+from proxy.config import Config, ListenAddress, certs_folder, disk_root_checker, load_config, normalize_site_name, parse_listen_address
 from proxy.errors import ConfigErrors, ProxyError
 from proxy.ports import probe_sites
 from proxy.reload import ConfigWatcher, Reloader
 from proxy.server import Listener, ProxyServer
 from proxy.sitesfile import add_site, remove_site, write_atomically
+from proxy.tls import LeafCache, load_or_create_ca
 
 EXIT_OK, EXIT_NEGATIVE, EXIT_USER_ERROR = 0, 1, 2
 
@@ -47,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = with_config(commands.add_parser("run", help="serve the sites in the config file", description="Serve the sites in the config file. Flags given here override the file's `listen:` section."))
     run.add_argument("--http", type=_listen_arg, metavar="ADDR", help="HTTP listen address: PORT (127.0.0.1 and [::1]), HOST:PORT or [::1]:PORT; overrides listen.http in the file (default 7080)")
+    run.add_argument("--https", type=_listen_arg, metavar="ADDR", help="HTTPS listen address, same forms as --http; overrides listen.https in the file (default 7443)")
     run.add_argument("--no-https", action="store_true", help="do not start the HTTPS listener")
+    run.add_argument("--certs", metavar="DIR", help="folder of the local CA (default: certs/ beside the config file)")
     run.add_argument("--allow-remote", action="store_true", help="allow listening on addresses other machines can reach (off by default: the proxy forwards to your dev servers)")
     with_config(commands.add_parser("check", help="validate the config file: exit 0 if valid, 2 with FILE:LINE:COL lines if not"))
     add = with_config(commands.add_parser("add", help="add a site to the config file, keeping its comments", description="Add NAME -> TARGET to the config file in place (comments and layout kept); a running proxy picks it up."))
@@ -56,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--replace", action="store_true", help="replace the site's target if it is already there")
     rm = with_config(commands.add_parser("rm", help="remove a site from the config file, keeping its comments"))
     rm.add_argument("name", metavar="NAME")
+    ca = with_config(commands.add_parser("ca", help="create the local CA if missing; print its path, fingerprint, validity and permitted names"))
+    ca.add_argument("--certs", metavar="DIR", help="folder of the local CA (default: certs/ beside the config file)")
     listing = with_config(commands.add_parser("list", help="the sites, their targets, and whether each answers now"))
     listing.add_argument("--json", action="store_true", help="print a JSON list for scripts")
     return parser
@@ -73,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             return _edit(args)
         if args.command == "list":
             return asyncio.run(_list(args.config, as_json=args.json))
+        if args.command == "ca":
+            return _ca(args.certs or certs_folder(args.config))
     except ConfigErrors as exc:
         print(exc, file=sys.stderr, flush=True)  # FILE:LINE:COL lines, one per problem
         if args.command in ("add", "rm"):
@@ -141,6 +148,19 @@ async def _list(path: str, *, as_json: bool) -> int:
     return EXIT_OK
 
 
+def _ca(certs: str) -> int:
+    """`ca`: make the CA if it is missing and describe it."""
+    ca, created = load_or_create_ca(certs)
+    certificate = ca.certificate
+    print(f"CA certificate: {ca.cert_path}" + (" (created now)" if created else ""))
+    print(f"CA key:         {ca.key_path} (mode 600; never share it)")
+    print(f"fingerprint:    SHA-256 {ca.fingerprint}")
+    print(f"valid:          {certificate.not_valid_before_utc:%Y-%m-%d} to {certificate.not_valid_after_utc:%Y-%m-%d}")
+    names = ", ".join("localhost (and every *.localhost name)" if n == "localhost" else n for n in ca.permitted_names())
+    print(f"permitted:      {names}; it cannot sign for any other name")
+    return EXIT_OK
+
+
 def _warn_if_slow_parser() -> None:
     """Warn loudly when aiohttp runs its pure-Python HTTP parser (slower, and not the audited one)."""
     from aiohttp import http_parser
@@ -159,11 +179,14 @@ async def _run(args: argparse.Namespace) -> int:
     address = args.http or config.listen_http
     if args.http is not None and "http" in config.listen_keys and args.http != config.listen_http:
         logging.getLogger("proxy").info("--http %s overrides listen.http (%s) in %s", args.http, config.listen_http, config.file)
-    server = ProxyServer(config)
-    listeners = await server.start(address, allow_remote=args.allow_remote)
+    https_address = None if args.no_https else (args.https or config.listen_https)
+    leaves = LeafCache(load_or_create_ca(args.certs or certs_folder(args.config))[0]) if https_address is not None else None
+    server = ProxyServer(config, leaves=leaves)
+    listeners = await server.start(address, https_address, allow_remote=args.allow_remote)
 
     loop = asyncio.get_running_loop()
-    reloader = Reloader(server, args.config, http_overridden=args.http is not None, allow_remote=args.allow_remote, on_listening=_print_listening)
+    overridden = frozenset(key for key, given in (("http", args.http is not None), ("https", args.https is not None or args.no_https)) if given)
+    reloader = Reloader(server, args.config, overridden=overridden, allow_remote=args.allow_remote, on_listening=_print_listening)
     reloads: set[asyncio.Task[None]] = set()
 
     def reload_soon(reason: str, force: bool = False) -> None:
@@ -188,7 +211,7 @@ async def _run(args: argparse.Namespace) -> int:
     reload_soon("changed while starting")  # an edit between the first read and the watch; no-op otherwise
     # Only now say we are listening: whoever waits for this line may edit the file or signal at once.
     _print_listening(listeners)
-    _print_sites(config, listeners[0].port)
+    _print_sites(config, server.port_of("http"), server.port_of("https"))
     try:
         await stop.wait()
     finally:
@@ -207,15 +230,20 @@ def _print_listening(listeners: list[Listener]) -> None:
         print(f"listening on {listener.url}", flush=True)
 
 
-def _print_sites(config: Config, port: int) -> None:
+def _print_sites(config: Config, http_port: int | None, https_port: int | None) -> None:
     from proxy.dashboard.pages import site_url
 
     if not config.sites:
         print(f"no sites in {config.file} yet: add one, for example `app1: 3000`", flush=True)
         return
-    rows = [(site_url(site, "http", port) or site.host, ", ".join(site.target_lines())) for site in config.sites]
-    width = max(len(url) for url, _ in rows)
-    print("sites:", flush=False)
-    for url, target in rows:
-        print(f"  {url.ljust(width)}  ->  {target}")
-    print(f"  all sites: http://localhost:{port}/", flush=True)
+    rows = []
+    for site in config.sites:
+        urls = [site_url(site, "http", http_port) or site.host]
+        if https_port is not None and not site.is_wildcard:
+            urls.append(site_url(site, "https", https_port) or "")
+        rows.append(("  ".join(urls), ", ".join(site.target_lines())))
+    width = max(len(line) for line, _ in rows)
+    print("sites:")
+    for line, target in rows:
+        print(f"  {line.ljust(width)}  ->  {target}")
+    print(f"  all sites: http://localhost:{http_port}/", flush=True)

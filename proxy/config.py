@@ -36,10 +36,13 @@ OWN_HOSTS = frozenset({"localhost", "proxy.localhost", "127.0.0.1", "::1", "[::1
 LOOPBACK_ADDRESSES = ("127.0.0.1", "::1")
 
 TOP_KEYS = ("listen", "sites")
-LISTEN_KEYS = ("http",)
+DEFAULT_HTTPS_PORT = 7443
+LISTEN_KEYS = ("http", "https")
 UPSTREAM_OPTIONS = ("preserve_host", "connect_timeout", "verify")
-SITE_KEYS = ("upstream", "root", "spa", "routes", *UPSTREAM_OPTIONS)
-ROUTE_KEYS = (*SITE_KEYS, "strip_prefix")
+SITE_ONLY_KEYS = ("tls", "https_redirect")
+SITE_KEYS = ("upstream", "root", "spa", "routes", *UPSTREAM_OPTIONS, *SITE_ONLY_KEYS)
+ROUTE_KEYS = ("upstream", "root", "spa", "routes", *UPSTREAM_OPTIONS, "strip_prefix")
+TLS_KEYS = ("cert", "key")
 
 _LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
 
@@ -139,12 +142,22 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
+class SiteTLS:
+    """A site's own certificate (e.g. from mkcert), used instead of one from the local CA."""
+
+    cert: str  # absolute paths
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
 class Site:
     """One host name and its routes, longest prefix first."""
 
     host: str  # lower case, e.g. "app1.localhost" or "*.preview.localhost"
     routes: tuple[Route, ...]
     mark: Mark
+    tls: SiteTLS | None = None
+    https_redirect: bool = False  # 308 from http:// to https://, path and query kept
 
     @property
     def is_wildcard(self) -> bool:
@@ -152,8 +165,8 @@ class Site:
 
     def same_routing(self, other: Site) -> bool:
         """Return whether two sites send every request to the same place (config lines aside)."""
-        def key(site: Site) -> tuple[tuple[str, Target, bool], ...]:
-            return tuple((r.prefix, r.target, r.strip_prefix) for r in site.routes)
+        def key(site: Site) -> tuple[object, ...]:
+            return (tuple((r.prefix, r.target, r.strip_prefix) for r in site.routes), site.tls, site.https_redirect)
 
         return key(self) == key(other)
 
@@ -178,6 +191,7 @@ class Config:
     folder: str
     listen_http: ListenAddress
     sites: tuple[Site, ...] = field(default=())
+    listen_https: ListenAddress = ListenAddress(None, DEFAULT_HTTPS_PORT)
     listen_keys: frozenset[str] = frozenset()  # the `listen:` keys the file sets itself
     source_digest: str = ""  # sha256 of the text it was parsed from: a reload of the same bytes is a no-op
 
@@ -265,6 +279,7 @@ def normalize_site_name(name: str) -> str:
 
 
 RootChecker = Callable[[str], "str | None"]
+FileChecker = Callable[[str], "str | None"]
 
 
 def parse_config(
@@ -273,13 +288,14 @@ def parse_config(
     *,
     folder: str | None = None,
     check_root: RootChecker = lambda path: None,
+    check_file: FileChecker = lambda path: None,
 ) -> Config:
     """Return the Config that sites.yaml text describes; raise ConfigErrors listing every problem.
 
     `folder` anchors relative roots (default: the file's folder); `check_root(abs_path)` returns
     a problem with a static root in words, or None.
     """
-    parser = _Parser(file, folder or os.path.dirname(os.path.abspath(file)), check_root)
+    parser = _Parser(file, folder or os.path.dirname(os.path.abspath(file)), check_root, check_file)
     config = parser.parse(text)
     if parser.errors:
         raise ConfigErrors(parser.errors)
@@ -293,10 +309,11 @@ def text_digest(text: str) -> str:
 
 
 class _Parser:
-    def __init__(self, file: str, folder: str, check_root: RootChecker) -> None:
+    def __init__(self, file: str, folder: str, check_root: RootChecker, check_file: FileChecker) -> None:
         self.file = file
         self.folder = folder
         self.check_root = check_root
+        self.check_file = check_file
         self.errors: list[ConfigError] = []
 
     # -- plumbing
@@ -366,36 +383,35 @@ class _Parser:
             self.error(root, "the top level must be a mapping with `sites:` (and optionally `listen:`)")
             return None
         items = self.mapping_items(root, TOP_KEYS, "the top level")
-        listen_http = ListenAddress(None, DEFAULT_HTTP_PORT)
+        listen = {"http": ListenAddress(None, DEFAULT_HTTP_PORT), "https": ListenAddress(None, DEFAULT_HTTPS_PORT)}
         listen_keys: frozenset[str] = frozenset()
         if "listen" in items:
             parsed = self.parse_listen(items["listen"][1])
-            if parsed is not None:
-                listen_http, listen_keys = parsed, frozenset({"http"})
+            listen.update(parsed)
+            listen_keys = frozenset(parsed)
         sites: tuple[Site, ...] = ()
         if "sites" in items:
             sites = self.parse_sites(items["sites"][1])
         elif not self.errors:
             self.error(root, "no `sites:` mapping: add one, for example `sites: {app1: 3000}`")
-        return Config(self.file, self.folder, listen_http, sites, listen_keys)
+        return Config(self.file, self.folder, listen["http"], sites, listen["https"], listen_keys)
 
-    def parse_listen(self, node: Node) -> ListenAddress | None:
+    def parse_listen(self, node: Node) -> dict[str, ListenAddress]:
+        """Return the listen addresses the file sets, by key (http, https)."""
         if not isinstance(node, MappingNode):
-            self.error(node, "`listen:` must be a mapping such as `listen: {http: 7080}`")
-            return None
-        items = self.mapping_items(node, LISTEN_KEYS, "listen")
-        if "http" not in items:
-            return None
-        value_node = items["http"][1]
-        value = self.address_text(value_node)
-        if not isinstance(value, (int, str)) or isinstance(value, bool):
-            self.error(value_node, "`http:` must be PORT, HOST:PORT or [IPv6]:PORT, for example 7080")
-            return None
-        try:
-            return parse_listen_address(str(value))
-        except ListenError as exc:
-            self.error(value_node, str(exc))
-            return None
+            self.error(node, "`listen:` must be a mapping such as `listen: {http: 7080, https: 7443}`")
+            return {}
+        parsed: dict[str, ListenAddress] = {}
+        for key, (_, value_node) in self.mapping_items(node, LISTEN_KEYS, "listen").items():
+            value = self.address_text(value_node)
+            if not isinstance(value, (int, str)) or isinstance(value, bool):
+                self.error(value_node, f"`{key}:` must be PORT, HOST:PORT or [IPv6]:PORT, for example {DEFAULT_HTTP_PORT if key == 'http' else DEFAULT_HTTPS_PORT}")
+                continue
+            try:
+                parsed[key] = parse_listen_address(str(value))
+            except ListenError as exc:
+                self.error(value_node, str(exc))
+        return parsed
 
     def parse_sites(self, node: Node) -> tuple[Site, ...]:
         if isinstance(node, ScalarNode) and node.value in ("", "~", "null"):
@@ -424,7 +440,8 @@ class _Parser:
             seen[host] = (name, mark)
             routes = self.parse_site_value(value_node)
             if routes:
-                sites.append(Site(host, routes, mark))
+                tls, https_redirect = self.parse_site_options(value_node)
+                sites.append(Site(host, routes, mark, tls, https_redirect))
         return tuple(sites)
 
     def parse_host(self, node: ScalarNode, name: str) -> str | None:
@@ -462,6 +479,39 @@ class _Parser:
         if target is None:
             return ()
         return (Route("/", target[0], self.mark(node), strip_prefix=False),)
+
+    def parse_site_options(self, node: Node) -> tuple[SiteTLS | None, bool]:
+        """Return a site's own certificate and https_redirect (keys of the site, not of its routes)."""
+        if not isinstance(node, MappingNode):
+            return None, False
+        items = {str(k.value): (k, v) for k, v in node.value if isinstance(k, ScalarNode) and k.value in SITE_ONLY_KEYS}
+        https_redirect = self.flag(items, "https_redirect", False)
+        if "tls" not in items:
+            return None, https_redirect
+        tls_node = items["tls"][1]
+        if not isinstance(tls_node, MappingNode):
+            self.error(tls_node, "`tls:` must be a mapping such as `tls: {cert: ./app.pem, key: ./app-key.pem}`")
+            return None, https_redirect
+        tls_items = self.mapping_items(tls_node, TLS_KEYS, "tls")
+        paths: dict[str, str] = {}
+        for key in TLS_KEYS:
+            if key not in tls_items:
+                self.error(tls_node, f"`tls:` needs `{key}:` (a PEM file, e.g. made by mkcert)")
+                continue
+            value_node = tls_items[key][1]
+            value = self.scalar(value_node)
+            if not isinstance(value, str) or not value:
+                self.error(value_node, f"`{key}:` must be a file path")
+                continue
+            path = os.path.normpath(os.path.join(self.folder, os.path.expanduser(value)))
+            problem = self.check_file(path)
+            if problem:
+                self.error(value_node, problem)
+                continue
+            paths[key] = path
+        if len(paths) < len(TLS_KEYS):
+            return None, https_redirect
+        return SiteTLS(paths["cert"], paths["key"]), https_redirect
 
     def parse_routes(self, node: Node, defaults: Upstreams) -> tuple[Route, ...]:
         if not isinstance(node, MappingNode) or not node.value:
@@ -718,9 +768,16 @@ def read_config_text(path: str) -> str:
         raise ConfigErrors([ConfigError(Mark(path, 1, 1), f"cannot read the file: {exc}")]) from None
 
 
+def disk_file_check(path: str) -> str | None:
+    """Return why a certificate or key file cannot be used, or None."""
+    if not os.path.isfile(path):
+        return f"{path} does not exist; fix the path (relative paths start at the config file's folder)"
+    return None
+
+
 def parse_config_file_text(text: str, path: str) -> Config:
-    """Return the Config for text read from path, with static roots checked on the disk."""
-    return parse_config(text, path, check_root=disk_root_checker(path))
+    """Return the Config for text read from path, with static roots and certificate files checked on the disk."""
+    return parse_config(text, path, check_root=disk_root_checker(path), check_file=disk_file_check)
 
 
 def load_config(path: str) -> Config:

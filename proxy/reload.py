@@ -15,8 +15,8 @@ from watchdog.events import EVENT_TYPE_CLOSED_NO_WRITE, EVENT_TYPE_OPENED, FileS
 from watchdog.observers import Observer
 
 from proxy.changes import describe_changes
-from proxy.config import parse_config_file_text, read_config_text, text_digest
-from proxy.errors import ConfigErrors, ListenError
+from proxy.config import ListenAddress, parse_config_file_text, read_config_text, text_digest
+from proxy.errors import ConfigErrors, ListenError, ProxyError
 from proxy.server import Listener, ProxyServer
 
 log = logging.getLogger("proxy")
@@ -34,18 +34,18 @@ class Reloader:
         server: ProxyServer,
         path: str,
         *,
-        http_overridden: bool,
+        overridden: frozenset[str],
         allow_remote: bool,
         on_listening: Callable[[list[Listener]], None],
     ) -> None:
         self.server = server
         self.path = path
-        self.http_overridden = http_overridden
+        self.overridden = overridden  # listen keys given on the command line, which win over the file
         self.allow_remote = allow_remote
         self.on_listening = on_listening
         self._lock = asyncio.Lock()
         self._last_text_digest: str | None = server.config.source_digest  # the text last tried
-        self._noted_listen = server.config.listen_http  # the file's listen.http when --http won
+        self._noted_listen = {"http": server.config.listen_http, "https": server.config.listen_https}  # said once per value
 
     async def reload(self, reason: str, *, force: bool = False) -> None:
         """Load the file; apply it if valid, else keep the last good config and say why.
@@ -77,7 +77,11 @@ class Reloader:
         old = self.server.config
         self._last_text_digest = digest
         was_broken = self.server.config_error is not None
-        self.server.apply(new)
+        try:
+            self.server.apply(new)
+        except ProxyError as exc:  # a site's own certificate cannot be loaded
+            self._report_error(str(exc))
+            return
         changes = describe_changes(old, new)
         if was_broken:
             log.info("%s loads again (%s)", self.path, reason)
@@ -85,21 +89,22 @@ class Reloader:
             log.info("reloaded %s (%s):\n%s", self.path, reason, "\n".join(f"  {line}" for line in changes))
         elif not was_broken:
             log.info("reloaded %s (%s): no routing changes", self.path, reason)
-        if new.listen_http != self.server.listen_address:
-            await self._move_listeners()
+        for scheme, address in (("http", new.listen_http), ("https", new.listen_https)):
+            bound = self.server.listen_address(scheme)
+            if bound is not None and address != bound:
+                await self._move_listeners(scheme, address)
 
-    async def _move_listeners(self) -> None:
-        address = self.server.config.listen_http
-        if self.http_overridden:
-            if address != self._noted_listen:  # say it once per value, not on every reload
-                self._noted_listen = address
-                log.info("note: listen.http in %s is now %s, but --http on the command line takes precedence; restart without --http to use it", self.path, address)
+    async def _move_listeners(self, scheme: str, address: ListenAddress) -> None:
+        if scheme in self.overridden:
+            if address != self._noted_listen[scheme]:  # say it once per value, not on every reload
+                self._noted_listen[scheme] = address
+                log.info("note: listen.%s in %s is now %s, but --%s on the command line takes precedence; restart without it to use the file's", scheme, self.path, address, scheme)
             return
         try:
-            listeners = await self.server.move_listeners(address, allow_remote=self.allow_remote)
+            listeners = await self.server.move_listeners(scheme, address, allow_remote=self.allow_remote)
         except ListenError as exc:
-            still = ", ".join(listener.url for listener in self.server.listeners)
-            log.warning("cannot move the listener: %s; still listening on %s (fix listen.http or restart)", exc, still)
+            still = ", ".join(listener.url for listener in self.server.listeners if listener.scheme == scheme)
+            log.warning("cannot move the listener: %s; still listening on %s (fix listen.%s or restart)", exc, still, scheme)
             return
         self.on_listening(listeners)
 

@@ -11,13 +11,14 @@ import errno
 import json
 import logging
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from proxy.config import Config, ListenAddress, StaticRoot, format_host
+from proxy.config import Config, ListenAddress, Site, StaticRoot, format_host
 from proxy.dashboard import pages
 from proxy.errors import ListenError
 from proxy.forward import Exchange, Forwarder, UpstreamFailure, is_websocket_upgrade, new_upstream_session
@@ -25,6 +26,7 @@ from proxy.headers import sites_passed
 from proxy.ports import describe_listener
 from proxy.routing import HostKind, RouteMatch, RoutingTable, match_route, normalize_host
 from proxy.static import serve_static
+from proxy.tls import AlertingSSLObject, LeafCache, context_from_files, is_local_tls_name
 from proxy.upstreams import UpstreamBook
 
 log = logging.getLogger("proxy")
@@ -48,35 +50,68 @@ class Listener:
         return f"{self.scheme}://{format_host(self.host)}:{self.port}"
 
 
+@dataclass
+class _Bound:
+    """The sockets one scheme listens on, and the address they were bound for."""
+
+    address: ListenAddress
+    sites: list[web.SockSite]
+    listeners: list[Listener]
+
+
 class ProxyServer:
     """The running proxy: one routing table at a time, swapped whole on reload."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, leaves: LeafCache | None = None) -> None:
         self.config = config
         self.table = RoutingTable(config.sites)
+        self.leaves = leaves  # None: no HTTPS listener
+        self.site_contexts = load_site_contexts(config)  # sites that bring their own certificate
         # The FILE:LINE:COL lines of a file that failed to load; the last good config keeps serving.
         self.config_error: str | None = None
         self.book = UpstreamBook()
-        self.listeners: list[Listener] = []
-        self.listen_address: ListenAddress | None = None  # what the listeners are bound to
-        self._sites: list[web.SockSite] = []
+        self._bound: dict[str, _Bound] = {}  # by scheme
+        self._refused_names: set[str] = set()  # TLS names already logged as refused
         self._forwarder: Forwarder | None = None
         self._runner: web.ServerRunner | None = None
         self._in_flight: set[asyncio.Task[object]] = set()  # handler tasks, for the shutdown grace
+        _warn_about_names_outside_the_ca(config.sites, self.site_contexts, https=leaves is not None)
 
     def apply(self, config: Config) -> None:
         """Swap in a new config. One assignment: a request sees the old table or the new one.
 
-        Nothing in flight is touched: requests, WebSockets and streams hold their own route, and
-        pooled connections and up/down state are keyed by upstream address, so they carry over.
+        Raises CertificateError (before swapping anything) when a site's own certificate cannot be
+        loaded. Nothing in flight is touched: requests, WebSockets and streams hold their own
+        route, and pooled connections and up/down state are keyed by upstream address.
         """
-        self.config, self.table, self.config_error = config, RoutingTable(config.sites), None
+        site_contexts = load_site_contexts(config)
+        new_sites = [s for s in config.sites if s.host not in {old.host for old in self.config.sites}]
+        self.config, self.table, self.site_contexts, self.config_error = config, RoutingTable(config.sites), site_contexts, None
+        _warn_about_names_outside_the_ca(new_sites, site_contexts, https=self.leaves is not None)
 
     # ------------------------------------------------------------ listeners
 
-    async def start(self, address: ListenAddress, *, allow_remote: bool = False) -> list[Listener]:
-        """Bind the HTTP listeners and start serving; raise ListenError if they cannot be bound."""
-        sockets = _bind_all(address, allow_remote=allow_remote)
+    @property
+    def listeners(self) -> list[Listener]:
+        return [listener for scheme in ("http", "https") if scheme in self._bound for listener in self._bound[scheme].listeners]
+
+    def listen_address(self, scheme: str) -> ListenAddress | None:
+        bound = self._bound.get(scheme)
+        return bound.address if bound else None
+
+    def port_of(self, scheme: str) -> int | None:
+        bound = self._bound.get(scheme)
+        return bound.listeners[0].port if bound and bound.listeners else None
+
+    async def start(self, http: ListenAddress, https: ListenAddress | None = None, *, allow_remote: bool = False) -> list[Listener]:
+        """Bind the listeners and start serving; raise ListenError if one cannot be bound."""
+        http_sockets = _bind_all(http, allow_remote=allow_remote)
+        try:
+            https_sockets = _bind_all(https, allow_remote=allow_remote) if https is not None else []
+        except ListenError:
+            for sock in http_sockets:
+                sock.close()
+            raise
         self._forwarder = Forwarder(new_upstream_session(), self.book)
         server = web.Server(
             self.handle,
@@ -88,32 +123,71 @@ class ProxyServer:
         )
         self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)
         await self._runner.setup()
-        await self._serve_on(sockets)
-        self.listen_address = address
+        self._bound["http"] = await self._serve_on("http", http, http_sockets)
+        if https is not None:
+            self._bound["https"] = await self._serve_on("https", https, https_sockets)
         return self.listeners
 
-    async def move_listeners(self, address: ListenAddress, *, allow_remote: bool = False) -> list[Listener]:
+    async def move_listeners(self, scheme: str, address: ListenAddress, *, allow_remote: bool = False) -> list[Listener]:
         """Listen on a new address, then stop the old listeners; raise ListenError and keep the old ones if it fails.
 
         Connections already accepted on the old sockets carry on until they close.
         """
         sockets = _bind_all(address, allow_remote=allow_remote)
-        old_sites = self._sites
-        self._sites, self.listeners = [], []
-        await self._serve_on(sockets)
-        self.listen_address = address
-        for site in old_sites:
+        old = self._bound.get(scheme)
+        self._bound[scheme] = await self._serve_on(scheme, address, sockets)
+        for site in old.sites if old else []:
             await site.stop()
-        return self.listeners
+        return self._bound[scheme].listeners
 
-    async def _serve_on(self, sockets: list[socket.socket]) -> None:
+    async def _serve_on(self, scheme: str, address: ListenAddress, sockets: list[socket.socket]) -> _Bound:
         assert self._runner is not None
+        bound = _Bound(address, [], [])
         for sock in sockets:
-            site = web.SockSite(self._runner, sock)
+            site = web.SockSite(self._runner, sock, ssl_context=self._tls_context() if scheme == "https" else None)
             await site.start()
-            self._sites.append(site)
+            bound.sites.append(site)
             host, port = sock.getsockname()[:2]
-            self.listeners.append(Listener("http", host, port))
+            bound.listeners.append(Listener(scheme, host, port))
+        return bound
+
+    # ------------------------------------------------------------ TLS
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """Return the listener's context: no SNI gets localhost/127.0.0.1/::1, SNI picks a per-host context."""
+        assert self.leaves is not None
+        context = self.leaves.default_context()
+        context.sni_callback = self._pick_certificate
+        context.sslobject_class = AlertingSSLObject
+        return context
+
+    def _pick_certificate(self, connection: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> int | None:
+        """SNI callback (in the handshake, on the loop): switch to the context for the name asked for."""
+        assert self.leaves is not None
+        name = (server_name or "").lower().rstrip(".")
+        try:
+            site = self.table.match_site(name) if name else None
+            if site is not None and site.host in self.site_contexts:
+                connection.context = self.site_contexts[site.host]
+            elif not name:
+                connection.context = self.leaves.default_context()
+            elif is_local_tls_name(name):
+                connection.context = self.leaves.context_for(name)
+            else:
+                if name not in self._refused_names and len(self._refused_names) < 1000:
+                    self._refused_names.add(name)
+                    log.warning(
+                        "TLS for %s refused: the local CA only signs localhost names. To serve it over HTTPS, give its site "
+                        "`tls: {cert: FILE, key: FILE}` (for example from `mkcert %s`), or rename it under .localhost",
+                        name, name,
+                    )
+                if isinstance(connection, AlertingSSLObject):
+                    connection.is_refused = True
+                return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        except Exception:  # a bug here must cost one handshake, not the listener
+            log.exception("internal error choosing a certificate for %r", name)
+            return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
+        return None
 
     async def stop(self) -> None:
         """Stop accepting, end streams and WebSockets, give in-flight requests the grace period."""
@@ -170,13 +244,19 @@ class ProxyServer:
         kind, site = table.classify(host_header)
         accept = request.headers.get("Accept", "")
         port = _local_port(request)
-        dashboard_url = f"http://localhost:{port}/" if port else "http://localhost/"
+        scheme = "https" if request.secure else "http"
+        dashboard_url = f"{scheme}://localhost:{port}/" if port else f"{scheme}://localhost/"
         if kind is HostKind.FOREIGN:
             return pages.bare_not_found()
         if kind is HostKind.OWN:
-            return self._own_page(request, target, config, accept, port, dashboard_url)
+            return self._own_page(request, target, config, accept, scheme, port, dashboard_url)
         if kind is HostKind.LOCAL or site is None:
-            return pages.unknown_site_response(normalize_host(host_header), config, self.book, accept, "http", port, dashboard_url)
+            return pages.unknown_site_response(normalize_host(host_header), config, self.book, accept, scheme, port, dashboard_url)
+        https_port = self.port_of("https")
+        if site.https_redirect and scheme == "http" and https_port is not None:
+            # 308 keeps the method and body, unlike 301/302.
+            location = f"https://{format_host(normalize_host(host_header))}" + (f":{https_port}" if https_port != 443 else "") + target
+            return web.Response(status=308, headers={"Location": location})
 
         passed = sites_passed(request.headers.items())
         if site.host in passed:
@@ -205,21 +285,39 @@ class ProxyServer:
         assert self._forwarder is not None
         via = passed + [site.host]
         if is_websocket_upgrade(request):
-            result = await self._forwarder.forward_websocket(request, match, route_target, exchange, via=via, proto="http")
+            result = await self._forwarder.forward_websocket(request, match, route_target, exchange, via=via, proto=scheme)
         else:
-            result = await self._forwarder.forward_http(request, match, route_target, exchange, via=via, proto="http")
+            result = await self._forwarder.forward_http(request, match, route_target, exchange, via=via, proto=scheme)
         if isinstance(result, UpstreamFailure):
             exchange.note = result.reason
             return pages.problem_response(_failure_problem(match, result), accept, dashboard_url)
         return result
 
-    def _own_page(self, request: web.BaseRequest, target: str, config: Config, accept: str, port: int | None, dashboard_url: str) -> web.Response:
+    def _own_page(self, request: web.BaseRequest, target: str, config: Config, accept: str, scheme: str, port: int | None, dashboard_url: str) -> web.Response:
         path = target.partition("?")[0]
         if path == "/api/sites":
-            return web.json_response(pages.api_sites(config, self.config_error, self.book, "http", port), dumps=_pretty_json)
+            return web.json_response(pages.api_sites(config, self.config_error, self.book, scheme, port), dumps=_pretty_json)
         if path == "/" and request.method in ("GET", "HEAD"):
-            return pages.index_response(config, self.config_error, self.book, accept, "http", port, dashboard_url)
+            return pages.index_response(config, self.config_error, self.book, accept, scheme, port, dashboard_url)
         return pages.problem_response(pages.Problem(404, "Not found", f"The proxy has no page at {path}.", "The list of sites is at /, and as JSON at /api/sites."), accept, dashboard_url)
+
+
+def load_site_contexts(config: Config) -> dict[str, ssl.SSLContext]:
+    """Return the server contexts of sites that bring their own certificate, by site host."""
+    return {site.host: context_from_files(site.tls.cert, site.tls.key) for site in config.sites if site.tls is not None}
+
+
+def _warn_about_names_outside_the_ca(sites: list[Site] | tuple[Site, ...], site_contexts: dict[str, ssl.SSLContext], *, https: bool) -> None:
+    if not https:
+        return
+    for site in sites:
+        name = site.host.removeprefix("*.")
+        if site.host not in site_contexts and not is_local_tls_name(name):
+            log.warning(
+                "%s: HTTP works, but the local CA cannot sign for names outside .localhost. For HTTPS give the site "
+                "`tls: {cert: FILE, key: FILE}` (for example made by `mkcert %s`)",
+                site.host, site.host,
+            )
 
 
 def _pretty_json(obj: object) -> str:
