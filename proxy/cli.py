@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 from dataclasses import asdict
@@ -22,7 +23,8 @@ from proxy.ports import probe_sites
 from proxy.reload import ConfigWatcher, Reloader
 from proxy.server import Listener, ProxyServer
 from proxy.sitesfile import add_site, remove_site, write_atomically
-from proxy.tls import LeafCache, load_or_create_ca
+from proxy import trust
+from proxy.tls import CA_CERT_FILE, LeafCache, load_or_create_ca
 
 EXIT_OK, EXIT_NEGATIVE, EXIT_USER_ERROR = 0, 1, 2
 
@@ -61,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("name", metavar="NAME")
     ca = with_config(commands.add_parser("ca", help="create the local CA if missing; print its path, fingerprint, validity and permitted names"))
     ca.add_argument("--certs", metavar="DIR", help="folder of the local CA (default: certs/ beside the config file)")
+    for name, summary in (("trust", "add the local CA to the system store and the browsers' NSS databases, then verify it"), ("untrust", "remove the local CA from everywhere trust put it")):
+        trust = with_config(commands.add_parser(name, help=summary))
+        trust.add_argument("--certs", metavar="DIR", help="folder of the local CA (default: certs/ beside the config file)")
+        trust.add_argument("--nssdb", metavar="DIR", action="append", help="only this NSS database (repeatable) instead of every one found")
+        trust.add_argument("--no-system", action="store_true", help="leave the system trust store alone")
+        trust.add_argument("--dry-run", action="store_true", help="print the exact commands instead of running them")
     listing = with_config(commands.add_parser("list", help="the sites, their targets, and whether each answers now"))
     listing.add_argument("--json", action="store_true", help="print a JSON list for scripts")
     return parser
@@ -80,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_list(args.config, as_json=args.json))
         if args.command == "ca":
             return _ca(args.certs or certs_folder(args.config))
+        if args.command in ("trust", "untrust"):
+            return _trust(args)
     except ConfigErrors as exc:
         print(exc, file=sys.stderr, flush=True)  # FILE:LINE:COL lines, one per problem
         if args.command in ("add", "rm"):
@@ -159,6 +169,32 @@ def _ca(certs: str) -> int:
     names = ", ".join("localhost (and every *.localhost name)" if n == "localhost" else n for n in ca.permitted_names())
     print(f"permitted:      {names}; it cannot sign for any other name")
     return EXIT_OK
+
+
+def _trust(args: argparse.Namespace) -> int:
+    """`trust` / `untrust`: change the trust stores, then check from the user's side."""
+    certs = args.certs or certs_folder(args.config)
+    if args.command == "untrust" and not os.path.exists(os.path.join(certs, CA_CERT_FILE)):
+        print(f"no CA in {certs}; nothing to remove")
+        return EXIT_OK
+    local_ca = load_or_create_ca(certs)[0]
+    ca = trust.load_ca(local_ca.cert_path)
+    user = trust.invoking_user()
+    machine = trust.survey_machine(ca, platform=trust.detect_platform(), home=trust.default_home(), nssdbs=args.nssdb, include_system=not args.no_system)
+    if args.command == "trust":
+        plan = trust.plan_trust(ca, machine, include_system=not args.no_system)
+    else:
+        plan = trust.plan_untrust(ca, machine, include_system=not args.no_system)
+    check_name = "trust-check.localhost"
+    return trust.run_plan(
+        plan,
+        dry_run=args.dry_run,
+        out=print,
+        is_root=os.geteuid() == 0,
+        run_as=user[:2] if user else None,
+        system_check=lambda: trust.loopback_handshake(LeafCache(local_ca).context_for(check_name), check_name),
+        sudo_command=shlex.join(["sudo", sys.executable, "-m", "proxy", *sys.argv[1:]]),
+    )
 
 
 def _warn_if_slow_parser() -> None:
