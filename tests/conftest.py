@@ -34,6 +34,7 @@ from cryptography.x509.oid import NameOID
 from tests.rawhttp import EchoUpstream, echo, echo_upstream
 
 LISTENING = re.compile(r"listening on (http://\S+)")
+LISTENING_HTTPS = re.compile(r"listening on (https://\S+)")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -85,6 +86,8 @@ class Proxy:
         self.stdout_path = folder / "proxy.stdout"
         self.stderr_path = folder / "proxy.stderr"
         self.urls: list[str] = []
+        self.https_urls: list[str] = []
+        self.certs = folder / "certs"  # the CA's folder when started with https=True
 
     @property
     def port(self) -> int:
@@ -93,6 +96,10 @@ class Proxy:
     @property
     def base(self) -> str:
         return self.urls[0]
+
+    @property
+    def https_port(self) -> int:
+        return int(self.https_urls[0].rsplit(":", 1)[1])
 
     def stdout(self) -> str:
         return self.stdout_path.read_text(errors="replace")
@@ -108,6 +115,7 @@ class Proxy:
             if self.urls:
                 await asyncio.sleep(0.05)  # let the [::1] line land too
                 self.urls = LISTENING.findall(self.stdout())
+                self.https_urls = LISTENING_HTTPS.findall(self.stdout())
                 return
             if self.process.poll() is not None:
                 raise AssertionError(f"proxy exited with {self.process.returncode}:\n{self.stdout()}\n{self.stderr()}")
@@ -147,14 +155,18 @@ async def start_proxy(tmp_path: Path) -> AsyncIterator[ProxyFactory]:
     """Start the proxy on sites (a dict of the `sites:` mapping, or whole YAML text); stopped at teardown."""
     started: list[Proxy] = []
 
-    async def start(sites: dict[str, Any] | str, *args: str, http: str | None = "127.0.0.1:0", env: dict[str, str] | None = None) -> Proxy:
-        """http=None leaves --http out, so the file's `listen:` decides."""
+    async def start(
+        sites: dict[str, Any] | str, *args: str, http: str | None = "127.0.0.1:0", https: bool = False, env: dict[str, str] | None = None
+    ) -> Proxy:
+        """http=None leaves --http out, so the file's `listen:` decides; https=True adds an HTTPS
+        listener on 127.0.0.1:0 with a fresh CA in the proxy's own temporary folder."""
         folder = tmp_path / f"proxy{len(started)}"
         folder.mkdir()
         config = folder / "sites.yaml"
         write_sites(config, sites)
         listen = ["--http", http] if http is not None else []
-        command = [sys.executable, "-m", "proxy", "run", "--config", str(config), *listen, "--no-https", *args]
+        tls = ["--https", "127.0.0.1:0", "--certs", str(folder / "certs")] if https else ["--no-https"]
+        command = [sys.executable, "-m", "proxy", "run", "--config", str(config), *listen, *tls, *args]
         stdout = open(folder / "proxy.stdout", "wb")
         stderr = open(folder / "proxy.stderr", "wb")
         process = subprocess.Popen(command, stdout=stdout, stderr=stderr, cwd=folder, env={**os.environ, **(env or {})})
