@@ -288,7 +288,10 @@ class LeafCache:
 
     def context_for(self, name: str) -> ssl.SSLContext:
         """Return the context for one local name (see is_local_tls_name), minting it if needed."""
-        return self._context(name.lower().rstrip("."), [name.lower().rstrip(".")])
+        name = name.lower().rstrip(".")
+        if not is_local_tls_name(name):
+            raise CertificateError(f"the local CA only signs localhost, *.localhost and loopback addresses, not {name}")
+        return self._context(name, [name])
 
     def default_context(self) -> ssl.SSLContext:
         """Return the context for a handshake without SNI: localhost, 127.0.0.1 and ::1."""

@@ -10,6 +10,7 @@ import asyncio
 import ipaddress
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -35,6 +36,18 @@ from tests.rawhttp import EchoUpstream, echo, echo_upstream
 
 LISTENING = re.compile(r"listening on (http://\S+)")
 LISTENING_HTTPS = re.compile(r"listening on (https://\S+)")
+
+
+def require_tool(name: str, package: str = "") -> str:
+    """Return a system tool's path; without it skip on a laptop, but fail under CI (CI set), so a
+    .ci/run that forgot an install step cannot pass by skipping."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed" + (f" (Debian package {package})" if package else "")
+        if os.environ.get("CI"):
+            pytest.fail(message + "; .ci/run must install it")
+        pytest.skip(message)
+    return path
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -19,7 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import Proxy, ProxyFactory
+from tests.conftest import Proxy, ProxyFactory, require_tool
 
 PAGE_TEXT = "served by the app behind app1.localhost"
 CHROMIUM_FLAGS = [
@@ -32,17 +31,6 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-
-def tool(name: str) -> str:
-    """Return the path of a required tool; fail under CI, skip elsewhere, when it is missing."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (Debian: chromium, libnss3-tools)"
-        if os.environ.get("CI"):
-            pytest.fail(message + "; .ci/run must install it")
-        pytest.skip(message)
-    return path
 
 
 @pytest.fixture
@@ -61,13 +49,13 @@ def new_home(folder: Path) -> Path:
     """Return a HOME with an empty NSS database where Chromium looks for one."""
     nssdb = folder / ".pki" / "nssdb"
     nssdb.mkdir(parents=True)
-    subprocess.run([tool("certutil"), "-N", "-d", f"sql:{nssdb}", "--empty-password"], check=True, capture_output=True, timeout=30)
+    subprocess.run([require_tool("certutil", "libnss3-tools"), "-N", "-d", f"sql:{nssdb}", "--empty-password"], check=True, capture_output=True, timeout=30)
     return folder
 
 
 async def load_in_chromium(home: Path, url: str) -> str:
     """Return the DOM headless Chromium shows for url, with HOME pointing at home."""
-    chromium = tool("chromium")
+    chromium = require_tool("chromium", "chromium")
     process = await asyncio.create_subprocess_exec(
         chromium,
         *CHROMIUM_FLAGS,

@@ -40,16 +40,12 @@ from proxy.trust import (
     run_plan,
     survey_machine,
 )
+from tests.conftest import require_tool
 
 
 def require_nss_tools() -> None:
-    """Skip without certutil/vfychain on a laptop; in CI (CI set) their absence is a failure."""
-    missing = [tool for tool in ("certutil", "vfychain") if shutil.which(tool) is None]
-    if missing:
-        message = f"{' and '.join(missing)} not installed (apt-get install libnss3-tools)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    for tool in ("certutil", "vfychain"):
+        require_tool(tool, "libnss3-tools")
 
 
 @dataclass
