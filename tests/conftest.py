@@ -65,27 +65,40 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise RuntimeError("no free port")
 
 
-def self_signed_context(folder: Path) -> ssl.SSLContext:
-    """Return a server context with a fresh self-signed certificate for 127.0.0.1, as dev servers make."""
+def self_signed_files(folder: Path, *names: str) -> tuple[Path, Path]:
+    """Return (cert, key) PEM files of a fresh self-signed certificate for names, as dev servers and
+    users without mkcert make them. Names default to 127.0.0.1 and localhost."""
+    names = names or ("127.0.0.1", "localhost")
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dev server")])
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[-1])])
     now = datetime.now(timezone.utc)
+    san: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            san.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            san.append(x509.DNSName(name))
     certificate = (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
+        .subject_name(subject)
+        .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - timedelta(minutes=5))
         .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(san), critical=False)
         .sign(key, hashes.SHA256())
     )
-    cert_file, key_file = folder / "dev.crt", folder / "dev.key"
+    cert_file, key_file = folder / f"{names[-1]}.pem", folder / f"{names[-1]}-key.pem"
     cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def self_signed_context(folder: Path) -> ssl.SSLContext:
+    """Return a server context with a fresh self-signed certificate for 127.0.0.1, as dev servers make."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert_file, key_file)
+    context.load_cert_chain(*self_signed_files(folder))
     return context
 
 

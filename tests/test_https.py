@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.conftest import LISTENING, Proxy, ProxyFactory, require_tool, write_sites
+from tests.conftest import LISTENING, Proxy, ProxyFactory, require_tool, self_signed_files, write_sites
 from tests.rawhttp import EchoUpstream, exchange, header_values, http_request, read_response
 
 HTTPS_LISTENING = re.compile(r"listening on (https://\S+)")
@@ -234,27 +234,6 @@ def write_pem(
         return cert_file, None
     key_file = folder / f"{stem}-key.pem"
     key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return cert_file, key_file
-
-
-def self_signed(folder: Path, name: str) -> tuple[Path, Path]:
-    """A self-signed certificate for name (as mkcert-free users make them) and its key, as files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = write_pem(folder, name, certificate, key)
-    assert key_file is not None
     return cert_file, key_file
 
 
@@ -496,7 +475,7 @@ async def test_curl_refuses_the_proxy_without_the_ca(start_tls_proxy: TlsProxyFa
     """Negative control for the curl test: the CA file is what makes curl accept the proxy."""
     curl = require_tool("curl")
     proxy = await start_tls_proxy({"app1": upstream_a.port})
-    other_cert, _ = self_signed(tmp_path, "unrelated.test")
+    other_cert, _ = self_signed_files(tmp_path, "unrelated.test")
     port = proxy.https_port
     code, output = await run_tool(
         curl,
@@ -589,7 +568,7 @@ async def test_wss_websocket_through_the_https_listener(start_tls_proxy: TlsProx
 
 
 async def test_site_with_its_own_certificate_gets_it_presented(start_tls_proxy: TlsProxyFactory, upstream_a: EchoUpstream, tmp_path: Path) -> None:
-    cert_file, key_file = self_signed(tmp_path, "myapp.test")
+    cert_file, key_file = self_signed_files(tmp_path, "myapp.test")
     proxy = await start_tls_proxy({"myapp.test": site(upstream_a, tls={"cert": str(cert_file), "key": str(key_file)})})
     client = ssl.create_default_context(cafile=str(cert_file))  # trusts only that certificate
     leaf = await presented(proxy.https_port, "myapp.test", client)

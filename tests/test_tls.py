@@ -33,6 +33,7 @@ from proxy.tls import (
     load_or_create_ca,
     mint_leaf,
 )
+from tests.conftest import self_signed_files
 
 UTC = datetime.UTC
 
@@ -408,37 +409,16 @@ def test_cache_refuses_to_mint_for_names_outside_the_ca(ca: LocalCA, name: str) 
 # ---------------------------------------------------------------- contexts from PEM and files
 
 
-def _self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / f"{name}.pem", tmp_path / f"{name}-key.pem"
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return cert_file, key_file
-
-
 def test_site_certificate_files_make_a_context_that_presents_them(tmp_path: Path) -> None:
-    cert_file, key_file = _self_signed(tmp_path, "myapp.test")
+    cert_file, key_file = self_signed_files(tmp_path, "myapp.test")
     context = context_from_files(str(cert_file), str(key_file))
     presented = presented_certificate(context, str(cert_file), "myapp.test")
     assert presented == x509.load_pem_x509_certificate(cert_file.read_bytes())
 
 
 def test_site_certificate_with_the_wrong_key_is_a_certificate_error(tmp_path: Path) -> None:
-    cert_file, _ = _self_signed(tmp_path, "myapp.test")
-    _, other_key = _self_signed(tmp_path, "other.test")
+    cert_file, _ = self_signed_files(tmp_path, "myapp.test")
+    _, other_key = self_signed_files(tmp_path, "other.test")
     with pytest.raises(CertificateError, match="cannot load the certificate"):
         context_from_files(str(cert_file), str(other_key))
 

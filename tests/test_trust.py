@@ -7,23 +7,21 @@ and refused, never run.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import shutil
 import ssl
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from proxy.errors import ProxyError
+from proxy.tls import LocalCA, load_or_create_ca, mint_leaf
 from proxy.trust import (
     CaCert,
     Machine,
@@ -55,67 +53,18 @@ class TestCa:
     pem_path: Path
     certificate: x509.Certificate
     key: ec.EllipticCurvePrivateKey
+    local: LocalCA
 
 
-def make_ca(folder: Path, name: str = "localhost-proxy test CA") -> TestCa:
-    """Return a CA built as tls.py builds ours: P-256, path length 0, constrained to loopback names."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.now(UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.NameConstraints(
-                permitted_subtrees=[
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_network("127.0.0.0/8")),
-                    x509.IPAddress(ipaddress.ip_network("::1/128")),
-                ],
-                excluded_subtrees=None,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    pem_path = folder / "ca.pem"
-    pem_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    return TestCa(pem_path, certificate, key)
+def make_ca(folder: Path) -> TestCa:
+    """Return a fresh CA made by the product's own code, in folder."""
+    ca, _ = load_or_create_ca(str(folder))
+    return TestCa(Path(ca.cert_path), ca.certificate, ca.key, ca)
 
 
 def sign_leaf(ca: TestCa, hostname: str, folder: Path) -> tuple[Path, Path]:
-    """Return (cert, key) PEM files for a TLS server leaf for hostname, signed by ca."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=7))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
-        .sign(ca.key, hashes.SHA256())
-    )
+    """Return (cert, key) PEM files for a TLS server leaf for hostname, signed by ca (any name: a leaked key's view)."""
+    certificate, key = mint_leaf(ca.local, [hostname])
     cert_path, key_path = folder / f"{hostname}.pem", folder / f"{hostname}.key"
     cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
