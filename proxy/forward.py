@@ -8,6 +8,7 @@ bytes have reached the client no error page is possible: the response is aborted
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import ssl
@@ -43,6 +44,11 @@ class UpstreamFailure:
     reason: str  # "connection refused"
     hint: str
     tried: tuple[str, ...]  # "127.0.0.1:3000", "[::1]:3000"
+    upstream: Upstream | None = None  # the last one tried
+
+    @property
+    def is_refused(self) -> bool:
+        return self.reason == "connection refused"
 
 
 class LoopbackResolver(AbstractResolver):
@@ -160,7 +166,7 @@ def describe_failure(exc: BaseException, upstream: Upstream, timeout: float) -> 
 
 def _is_retryable(failure: UpstreamFailure) -> bool:
     """Return whether the next upstream of a list may take the request instead."""
-    return failure.reason == "connection refused" or failure.status == 504
+    return failure.is_refused or failure.status == 504
 
 
 def is_websocket_upgrade(request: web.BaseRequest) -> bool:
@@ -211,7 +217,7 @@ class Forwarder:
             try:
                 result = await attempt(upstream)
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-                failure = describe_failure(exc, upstream, upstreams.connect_timeout)
+                failure = dataclasses.replace(describe_failure(exc, upstream, upstreams.connect_timeout), upstream=upstream)
                 self.book.mark_down(upstream, failure.reason)
                 log.info("%s: %s (tried %s)", upstream, failure.reason, ", ".join(failure.tried))
                 if _is_retryable(failure) and may_retry():

@@ -18,12 +18,13 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from proxy.config import Config, ListenAddress, Site, StaticRoot, format_host
+from proxy.config import Config, ListenAddress, Site, StaticRoot, Upstreams, format_host
 from proxy.dashboard import pages
 from proxy.errors import ListenError
 from proxy.forward import Exchange, Forwarder, UpstreamFailure, is_websocket_upgrade, new_upstream_session
 from proxy.headers import sites_passed
-from proxy.ports import describe_listener
+from proxy.nearby import explain_refused
+from proxy.ports import accepts_connections, describe_listener
 from proxy.routing import HostKind, RouteMatch, RoutingTable, match_route, normalize_host
 from proxy.static import serve_static
 from proxy.tls import AlertingSSLObject, LeafCache, context_from_files, is_local_tls_name
@@ -279,6 +280,8 @@ class ProxyServer:
                 dashboard_url,
             )
         route_target = match.route.target
+        if request.headers.get(pages.PROBE_HEADER) == "ready":  # an error page asking whether the app is up yet
+            return await _answer_probe(route_target)
         if isinstance(route_target, StaticRoot):
             exchange.upstream = "static"
             return await serve_static(request, route_target, match.target)
@@ -290,7 +293,12 @@ class ProxyServer:
             result = await self._forwarder.forward_http(request, match, route_target, exchange, via=via, proto=scheme)
         if isinstance(result, UpstreamFailure):
             exchange.note = result.reason
-            return pages.problem_response(_failure_problem(match, result), accept, dashboard_url)
+            nearby = None
+            if result.is_refused and result.upstream is not None and result.upstream.is_loopback:
+                nearby = await asyncio.get_running_loop().run_in_executor(None, explain_refused, result.upstream)
+                if nearby:
+                    log.info("%s: %s", site.host, nearby)
+            return pages.problem_response(_failure_problem(match, result, nearby), accept, dashboard_url)
         return result
 
     def _own_page(self, request: web.BaseRequest, target: str, config: Config, accept: str, scheme: str, port: int | None, dashboard_url: str) -> web.Response:
@@ -324,16 +332,23 @@ def _pretty_json(obj: object) -> str:
     return json.dumps(obj, indent=2)
 
 
-def _failure_problem(match: RouteMatch, failure: UpstreamFailure) -> pages.Problem:
+def _failure_problem(match: RouteMatch, failure: UpstreamFailure, nearby: str | None) -> pages.Problem:
     title = "Upstream timed out" if failure.status == 504 else "Upstream unavailable"
     where = match.site.host + (match.route.prefix if match.route.prefix != "/" else "")
-    return pages.Problem(
-        failure.status,
-        title,
-        f"{where}: {failure.reason}.",
-        failure.hint,
-        {"site": match.site.host, "tried": list(failure.tried), "config": str(match.route.mark)},
-    )
+    facts: dict[str, str | list[str]] = {"site": match.site.host, "tried": list(failure.tried), "config": str(match.route.mark)}
+    hint = f"{nearby[0].upper()}{nearby[1:]}." if nearby else failure.hint
+    return pages.Problem(failure.status, title, f"{where}: {failure.reason}.", hint, facts, reload_when_ready=True)
+
+
+async def _answer_probe(target: Upstreams | StaticRoot) -> web.Response:
+    """Return 200 once some upstream of target accepts connections, else 503 (for the waiting error page)."""
+    if isinstance(target, StaticRoot):
+        return web.Response(text="ready\n")
+    for upstream in target.addresses:
+        for host in upstream.dial_hosts:
+            if await accepts_connections(host, upstream.port, timeout=min(target.connect_timeout, 1.0)):
+                return web.Response(text="ready\n", headers={"Cache-Control": "no-store"})
+    return web.Response(status=503, text="waiting for the app\n", headers={"Cache-Control": "no-store"})
 
 
 def _host_and_target(request: web.BaseRequest) -> tuple[str, str]:

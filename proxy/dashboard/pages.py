@@ -7,6 +7,7 @@ html.escape'd: site names and paths come from requests and from the user's file.
 from __future__ import annotations
 
 import html
+import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -28,6 +29,7 @@ class Problem:
     detail: str
     hint: str = ""
     facts: dict[str, str | list[str]] = field(default_factory=dict)
+    reload_when_ready: bool = False  # the HTML page polls and reloads once the upstream accepts
 
 
 def _wants(accept: str) -> str:
@@ -70,8 +72,23 @@ def problem_response(problem: Problem, accept: str, dashboard_url: str) -> web.R
 <p class="detail">{html.escape(problem.detail)}</p>
 {f'<p class="hint">{html.escape(problem.hint)}</p>' if problem.hint else ''}
 {f'<dl>{facts}</dl>' if facts else ''}
+{_WAIT_FOR_UPSTREAM if problem.reload_when_ready else ''}
 <p><a href="{html.escape(dashboard_url)}">All sites</a></p>"""
     return web.Response(text=_page(problem.title, body, dashboard_url), status=problem.status, content_type="text/html", headers=headers)
+
+
+# Start the proxy first and the app later: the error page asks the proxy (not the app) every
+# second whether the upstream accepts yet, and turns into the app as soon as it does.
+PROBE_HEADER = "X-Localhost-Proxy-Probe"
+_WAIT_FOR_UPSTREAM = f"""<p class="waiting" id="waiting">Waiting for the app: this page reloads by itself once it accepts connections.</p>
+<script>
+(function poll() {{
+  setTimeout(function () {{
+    fetch(location.href, {{headers: {{"{PROBE_HEADER}": "ready"}}, cache: "no-store"}})
+      .then(function (r) {{ if (r.status === 200) location.reload(); else poll(); }}, poll);
+  }}, 1000);
+}})();
+</script>"""
 
 
 def bare_not_found() -> web.Response:
@@ -164,15 +181,17 @@ def unknown_site_response(host: str, config: Config, book: UpstreamBook, accept:
     """Return the 404 for an unconfigured *.localhost name: the sites that do exist, and how to add this one."""
     name = host.removesuffix(".localhost") if host.count(".") == 1 else host
     snippet = f"{name}: 3000"
+    config_flag = "" if config.file in ("sites.yaml", "./sites.yaml") else f" --config {shlex.quote(config.file)}"
+    command = f"localhost-proxy add {shlex.quote(name)} 3000{config_flag}"
     if _wants(accept) != "html":
         return problem_response(
-            Problem(404, "No such site", f"{host} is not in {config.file}.", f"Add it to sites.yaml, for example `{snippet}`.", {"sites": [s.host for s in config.sites]}),
+            Problem(404, "No such site", f"{host} is not in {config.file}.", f"Add it with `{command}` (your app's port instead of 3000), or write `{snippet}` under sites:.", {"sites": [s.host for s in config.sites], "add": command}),
             accept,
             dashboard_url,
         )
     body = f"""<h1><span class="status">404</span> No site named {html.escape(host)}</h1>
 <p class="detail">{html.escape(host)} is not in <code>{html.escape(config.file)}</code>.</p>
-<p class="hint">To route it, add a line under <code>sites:</code> with your app's port, for example <code>{html.escape(snippet)}</code>.</p>
+<p class="hint">To route it, run <code>{html.escape(command)}</code> with your app's port instead of 3000, or add <code>{html.escape(snippet)}</code> under <code>sites:</code>. The running proxy picks it up at once.</p>
 <h2>Configured sites</h2>
 {_sites_table(config.sites, book, scheme, port)}"""
     return web.Response(text=_page("No such site", body, dashboard_url), status=404, content_type="text/html", headers={"Cache-Control": "no-store"})
