@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from playwright.async_api import async_playwright
 
-from tests.conftest import Proxy, ProxyFactory, require_tool
+from tests.conftest import Proxy, ProxyFactory, free_port, require_tool
 
 PAGE_TEXT = "served by the app behind app1.localhost"
 CHROMIUM_FLAGS = [
@@ -95,3 +96,29 @@ async def test_chromium_loads_a_site_over_https_once_trust_filled_its_nss_databa
     await trust_into(proxy, trusting / ".pki" / "nssdb", trusting)
     with_trust = await load_in_chromium(trusting, url)
     assert PAGE_TEXT in with_trust, f"no page text in Chromium's DOM:\n{with_trust[:2000]}\n{proxy.stderr()}"
+
+
+async def test_the_502_page_turns_into_the_app_once_it_starts(start_proxy: ProxyFactory, tmp_path: Path) -> None:
+    """Start the proxy first and the app later: the open error page becomes the app by itself."""
+    chromium = require_tool("chromium", "chromium")
+    port = free_port()
+    proxy = await start_proxy({"app1": f"127.0.0.1:{port}"})
+
+    async def page_handler(request: web.Request) -> web.Response:
+        return web.Response(text=f"<!doctype html><p id=text>{PAGE_TEXT}</p>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", page_handler)
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS[1:])
+        try:
+            page = await browser.new_page()
+            response = await page.goto(f"http://app1.localhost:{proxy.port}/")
+            assert response is not None and response.status == 502
+            assert "Waiting for the app" in await page.content()
+            await page.screenshot(path=str(tmp_path / "502-waiting.png"))
+            async with TestServer(app, host="127.0.0.1", port=port):
+                await page.wait_for_selector("#text", timeout=10_000)  # the page reloaded itself into the app
+                assert await page.text_content("#text") == PAGE_TEXT
+        finally:
+            await browser.close()
