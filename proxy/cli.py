@@ -71,7 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
         trust.add_argument("--dry-run", action="store_true", help="print the exact commands instead of running them")
     listing = with_config(commands.add_parser("list", help="the sites, their targets, and whether each answers now"))
     listing.add_argument("--json", action="store_true", help="print a JSON list for scripts")
+    ports = with_config(commands.add_parser("ports", help="every TCP listener on loopback (and on all interfaces), which sites route to it, and `add` lines for the rest"))
+    ports.add_argument("--json", action="store_true", help="print a JSON list for scripts")
+    who = commands.add_parser("who", help="which process listens on PORT: exit 0 if one does, 1 if none")
+    who.add_argument("port", type=_port_arg, metavar="PORT")
+    doctor = with_config(commands.add_parser("doctor", help="check the config, ports, upstreams, name resolution and the CA; exit 1 if a check fails"))
+    doctor.add_argument("--certs", metavar="DIR", help="folder of the local CA (default: certs/ beside the config file)")
     return parser
+
+
+def _port_arg(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1 to 65535)")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
             return _ca(args.certs or certs_folder(args.config))
         if args.command in ("trust", "untrust"):
             return _trust(args)
+        if args.command == "ports":
+            return _ports(args.config, as_json=args.json)
+        if args.command == "who":
+            return _who(args.port)
+        if args.command == "doctor":
+            return _doctor(args.config, args.certs)
     except ConfigErrors as exc:
         print(exc, file=sys.stderr, flush=True)  # FILE:LINE:COL lines, one per problem
         if args.command in ("add", "rm"):
@@ -195,6 +213,47 @@ def _trust(args: argparse.Namespace) -> int:
         system_check=lambda: trust.loopback_handshake(LeafCache(local_ca).context_for(check_name), check_name),
         sudo_command=shlex.join(["sudo", sys.executable, "-m", "proxy", *sys.argv[1:]]),
     )
+
+
+def _ports(path: str, *, as_json: bool) -> int:
+    """`ports`: every local listener, marked with the sites that route to it; works without a config."""
+    from proxy import ports
+    try:
+        config: Config | None = load_config(path)
+    except ConfigErrors as exc:
+        config = None
+        print(f"not marking routed ports: {path} cannot be used:\n{exc}", file=sys.stderr, flush=True)
+    listeners, note = ports.tcp_listeners()
+    entries = ports.port_entries(listeners, config)
+    if as_json:
+        print(json.dumps([e.as_json() for e in entries], indent=2))
+    elif not entries:
+        print("nothing listens on loopback")
+    else:
+        print("\n".join(ports.port_table(entries)))
+    if note or any(e.listener.pid is None for e in entries):
+        print(note or f"PID -: {ports.unnamed_note(os.geteuid() == 0)}", file=sys.stderr, flush=True)
+    return EXIT_OK
+
+
+def _who(port: int) -> int:
+    """`who PORT`: the process listening on port; exit 1 when none does."""
+    from proxy import ports
+    listeners, note = ports.tcp_listeners()
+    lines = ports.who_lines(port, listeners, is_root=os.geteuid() == 0)
+    if not lines:
+        print(f"nothing listens on port {port}" + (f" ({note})" if note else ""))
+        return EXIT_NEGATIVE
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def _doctor(path: str, certs: str | None) -> int:
+    """`doctor`: every check with its verdict and fix; exit 1 when one fails."""
+    from proxy import doctor
+    checks = asyncio.run(doctor.run_checks(path, certs))
+    print("\n".join(doctor.check_lines(checks)), flush=True)
+    return EXIT_NEGATIVE if doctor.has_failure(checks) else EXIT_OK
 
 
 def _warn_if_slow_parser() -> None:

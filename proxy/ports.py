@@ -290,7 +290,14 @@ def port_table(entries: Sequence[PortEntry]) -> list[str]:
     return table_lines(("LISTEN", "REACH", "PID", "PROGRAM", "SITES"), rows)
 
 
-def who_lines(port: int, listeners: Sequence[ListeningSocket]) -> list[str]:
+def unnamed_note(is_root: bool) -> str:
+    """Return why a listener has no process: without root, another user's; as root, another namespace's."""
+    if is_root:
+        return "the OS does not name its process (one in another container or network namespace?)"
+    return "a process of another user; run with sudo to see which"
+
+
+def who_lines(port: int, listeners: Sequence[ListeningSocket], *, is_root: bool = False) -> list[str]:
     """Return what `who PORT` prints about the listeners on port (empty when there are none)."""
     lines = []
     for s in listeners:
@@ -298,7 +305,7 @@ def who_lines(port: int, listeners: Sequence[ListeningSocket]) -> list[str]:
             continue
         where = s.endpoint + (" (all interfaces)" if s.all_interfaces else "")
         if s.pid is None:
-            lines.append(f"{where}: a process of another user; run with sudo to see which")
+            lines.append(f"{where}: {unnamed_note(is_root)}")
             continue
         lines.append(f"{where}: {s.program or 'a process'} (pid {s.pid})")
         if s.cmdline:
