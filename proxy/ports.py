@@ -19,22 +19,9 @@ def describe_listener(port: int, host: str | None = None) -> str | None:
 
     Other users' processes can be hidden without root; then nothing is named.
     """
-    try:
-        connections = psutil.net_connections(kind="inet")
-    except (psutil.AccessDenied, OSError):
-        return None
-    for conn in connections:
-        if conn.status != psutil.CONN_LISTEN or not conn.laddr or conn.laddr.port != port:
-            continue
-        if host is not None and conn.laddr.ip not in (host, "0.0.0.0", "::"):
-            continue
-        if conn.pid is None:
-            return "another process"
-        try:
-            name = psutil.Process(conn.pid).name()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            name = "a process"
-        return f"{name} (pid {conn.pid})"
+    for listener in tcp_listeners({port})[0]:
+        if host is None or listener.address == host or listener.all_interfaces:
+            return f"{listener.program or 'a process'} (pid {listener.pid})" if listener.pid is not None else "another process"
     return None
 
 
@@ -123,8 +110,8 @@ def _canonical_address(address: str) -> str:
     return address if ip is None else str(ip)
 
 
-def tcp_listeners() -> tuple[list[ListeningSocket], str | None]:
-    """Return every listening TCP socket on this machine, sorted by port, and a note when some may be missing.
+def tcp_listeners(ports: Collection[int] | None = None) -> tuple[list[ListeningSocket], str | None]:
+    """Return every listening TCP socket on this machine (or on `ports`), sorted by port, and a note when some may be missing.
 
     Read-only. Linux lists every socket but names only the owner's processes (all of them to root);
     macOS lists sockets to root only, so without root each process we may inspect is asked in turn.
@@ -146,6 +133,8 @@ def tcp_listeners() -> tuple[list[ListeningSocket], str | None]:
     names: dict[int, tuple[str | None, tuple[str, ...]]] = {}
     listeners = set()
     for address, port, pid in found:  # one entry per process sharing a socket (forked workers)
+        if ports is not None and port not in ports:
+            continue
         if pid is not None and pid not in names:
             names[pid] = _process_names(pid)
         program, cmdline = names[pid] if pid is not None else (None, ())

@@ -86,7 +86,8 @@ class ProxyServer:
         route, and pooled connections and up/down state are keyed by upstream address.
         """
         site_contexts = load_site_contexts(config)
-        new_sites = [s for s in config.sites if s.host not in {old.host for old in self.config.sites}]
+        known = {site.host for site in self.config.sites}
+        new_sites = [site for site in config.sites if site.host not in known]
         self.config, self.table, self.site_contexts, self.config_error = config, RoutingTable(config.sites), site_contexts, None
         _warn_about_names_outside_the_ca(new_sites, site_contexts, https=self.leaves is not None)
 

@@ -13,7 +13,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.config import Upstream
-from proxy.nearby import Listening, explain_nearby
+from proxy.nearby import explain_nearby
+from proxy.ports import ListeningSocket
 from tests.conftest import ProxyFactory, free_port
 
 APP = Upstream("http", "localhost", 5173)
@@ -24,17 +25,17 @@ APP_V4 = Upstream("http", "127.0.0.1", 3000)
     ("upstream", "listeners", "expected"),
     [
         (APP, [], None),
-        (APP, [Listening("127.0.0.1", 5174, 4121, "vite")], "port 5173 is free, but 5174 is taken by vite (pid 4121): did the dev server move?"),
-        (APP, [Listening("0.0.0.0", 5172, 7, "node")], "but 5172 is taken by node (pid 7)"),
-        (APP, [Listening("127.0.0.1", 5177, 1, "vite")], None),  # too far to be the same app
-        (APP, [Listening("10.1.2.3", 5174, 1, "vite")], None),  # not reachable on loopback
-        (APP, [Listening("127.0.0.1", 5175, 1, "far"), Listening("127.0.0.1", 5174, 2, "near")], "5174 is taken by near"),
-        (APP_V4, [Listening("::1", 3000, 4121, "node")], "nothing on 127.0.0.1:3000, but node (pid 4121) listens on [::1]:3000: write just 3000"),
-        (APP_V4, [Listening("127.0.0.1", 3001, None, "")], "3001 is taken by another process"),
+        (APP, [ListeningSocket("127.0.0.1", 5174, 4121, "node", ("node", "node_modules/.bin/vite"))], "port 5173 is free, but 5174 is taken by vite (pid 4121): did the dev server move?"),
+        (APP, [ListeningSocket("0.0.0.0", 5172, 7, "node", ("node", "server.js"))], "but 5172 is taken by node (pid 7)"),
+        (APP, [ListeningSocket("127.0.0.1", 5177, 1, "node", ("vite",))], None),  # too far to be the same app
+        (APP, [ListeningSocket("10.1.2.3", 5174, 1, "node", ("vite",))], None),  # not reachable on loopback
+        (APP, [ListeningSocket("127.0.0.1", 5175, 1, "far"), ListeningSocket("127.0.0.1", 5174, 2, "near")], "5174 is taken by near"),
+        (APP_V4, [ListeningSocket("::1", 3000, 4121, "node")], "nothing on 127.0.0.1:3000, but node (pid 4121) listens on [::1]:3000: write just 3000"),
+        (APP_V4, [ListeningSocket("127.0.0.1", 3001, None, None)], "3001 is taken by another process"),
     ],
     ids=["nothing", "moved-up", "moved-down-any-interface", "too-far", "not-loopback", "nearest-wins", "other-loopback", "unknown-owner"],
 )
-def test_explain_nearby(upstream: Upstream, listeners: list[Listening], expected: str | None) -> None:
+def test_explain_nearby(upstream: Upstream, listeners: list[ListeningSocket], expected: str | None) -> None:
     sentence = explain_nearby(upstream, listeners)
     if expected is None:
         assert sentence is None
@@ -43,7 +44,7 @@ def test_explain_nearby(upstream: Upstream, listeners: list[Listening], expected
 
 
 def test_the_proxy_itself_is_never_the_suggestion() -> None:
-    assert explain_nearby(APP, [Listening("127.0.0.1", 5174, 99, "python3")], own_pid=99) is None
+    assert explain_nearby(APP, [ListeningSocket("127.0.0.1", 5174, 99, "python3")], own_pid=99) is None
 
 
 async def test_502_page_names_the_process_on_the_next_port(start_proxy: ProxyFactory, client: aiohttp.ClientSession) -> None:
