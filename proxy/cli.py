@@ -16,14 +16,15 @@ import signal
 import sys
 from dataclasses import asdict
 
-from proxy import __version__
+from aiohttp import http_parser
+
+from proxy import __version__, doctor, ports, trust
 from proxy.config import Config, ListenAddress, certs_folder, disk_root_checker, load_config, normalize_site_name, parse_listen_address
+from proxy.dashboard.pages import site_url
 from proxy.errors import ConfigErrors, ProxyError
-from proxy.ports import probe_sites
 from proxy.reload import ConfigWatcher, Reloader
 from proxy.server import Listener, ProxyServer
 from proxy.sitesfile import add_site, remove_site, write_atomically
-from proxy import trust
 from proxy.tls import CA_CERT_FILE, LeafCache, load_or_create_ca
 
 EXIT_OK, EXIT_NEGATIVE, EXIT_USER_ERROR = 0, 1, 2
@@ -71,12 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         trust.add_argument("--dry-run", action="store_true", help="print the exact commands instead of running them")
     listing = with_config(commands.add_parser("list", help="the sites, their targets, and whether each answers now"))
     listing.add_argument("--json", action="store_true", help="print a JSON list for scripts")
-    ports = with_config(commands.add_parser("ports", help="every TCP listener on loopback (and on all interfaces), which sites route to it, and `add` lines for the rest"))
-    ports.add_argument("--json", action="store_true", help="print a JSON list for scripts")
-    who = commands.add_parser("who", help="which process listens on PORT: exit 0 if one does, 1 if none")
-    who.add_argument("port", type=_port_arg, metavar="PORT")
-    doctor = with_config(commands.add_parser("doctor", help="check the config, ports, upstreams, name resolution and the CA; exit 1 if a check fails"))
-    doctor.add_argument("--certs", metavar="DIR", help="folder of the local CA (default: certs/ beside the config file)")
+    ports_command = with_config(commands.add_parser("ports", help="every TCP listener on loopback (and on all interfaces), which sites route to it, and `add` lines for the rest"))
+    ports_command.add_argument("--json", action="store_true", help="print a JSON list for scripts")
+    who_command = commands.add_parser("who", help="which process listens on PORT: exit 0 if one does, 1 if none")
+    who_command.add_argument("port", type=_port_arg, metavar="PORT")
+    doctor_command = with_config(commands.add_parser("doctor", help="check the config, ports, upstreams, name resolution and the CA; exit 1 if a check fails"))
+    doctor_command.add_argument("--certs", metavar="DIR", help="folder of the local CA (default: certs/ beside the config file)")
     return parser
 
 
@@ -162,7 +163,7 @@ def _edit(args: argparse.Namespace) -> int:
 async def _list(path: str, *, as_json: bool) -> int:
     """`list`: every site with its targets and whether it answers a connect right now."""
     config = load_config(path)
-    probes = await probe_sites(config)
+    probes = await ports.probe_sites(config)
     if as_json:
         print(json.dumps([asdict(p) for p in probes], indent=2))
         return EXIT_OK
@@ -217,7 +218,6 @@ def _trust(args: argparse.Namespace) -> int:
 
 def _ports(path: str, *, as_json: bool) -> int:
     """`ports`: every local listener, marked with the sites that route to it; works without a config."""
-    from proxy import ports
     try:
         config: Config | None = load_config(path)
     except ConfigErrors as exc:
@@ -238,7 +238,6 @@ def _ports(path: str, *, as_json: bool) -> int:
 
 def _who(port: int) -> int:
     """`who PORT`: the process listening on port; exit 1 when none does."""
-    from proxy import ports
     listeners, note = ports.tcp_listeners()
     lines = ports.who_lines(port, listeners, is_root=os.geteuid() == 0)
     if not lines:
@@ -250,7 +249,6 @@ def _who(port: int) -> int:
 
 def _doctor(path: str, certs: str | None) -> int:
     """`doctor`: every check with its verdict and fix; exit 1 when one fails."""
-    from proxy import doctor
     checks = asyncio.run(doctor.run_checks(path, certs))
     print("\n".join(doctor.check_lines(checks)), flush=True)
     return EXIT_NEGATIVE if doctor.has_failure(checks) else EXIT_OK
@@ -258,8 +256,6 @@ def _doctor(path: str, certs: str | None) -> int:
 
 def _warn_if_slow_parser() -> None:
     """Warn loudly when aiohttp runs its pure-Python HTTP parser (slower, and not the audited one)."""
-    from aiohttp import http_parser
-
     if http_parser.HttpRequestParser.__module__ != "aiohttp._http_parser":
         logging.getLogger("proxy").warning(
             "WARNING: aiohttp is using its pure-Python HTTP parser (AIOHTTP_NO_EXTENSIONS set, or no wheel "
@@ -326,8 +322,6 @@ def _print_listening(listeners: list[Listener]) -> None:
 
 
 def _print_sites(config: Config, http_port: int | None, https_port: int | None) -> None:
-    from proxy.dashboard.pages import site_url
-
     if not config.sites:
         print(f"no sites in {config.file} yet: add one, for example `app1: 3000`", flush=True)
         return
