@@ -50,6 +50,16 @@ def require_tool(name: str, package: str = "") -> str:
     return path
 
 
+def has_ipv6_loopback() -> bool:
+    """Return whether this machine can bind ::1 (some containers have no IPv6)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a port that nothing listens on right now (on both loopbacks when possible)."""
     for _ in range(50):

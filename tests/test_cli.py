@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import LISTENING, ProxyFactory, free_port
+from tests.conftest import LISTENING, ProxyFactory, free_port, has_ipv6_loopback
 
 PROXY = [sys.executable, "-m", "proxy"]
 CONSOLE_SCRIPT = Path(sys.executable).parent / "localhost-proxy"
@@ -39,15 +39,6 @@ THREE_ERRORS = textwrap.dedent(
       app1.localhost: 5000
     """
 )
-
-
-def has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no ::1 on this machine")

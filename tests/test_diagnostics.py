@@ -23,9 +23,24 @@ from pathlib import Path
 import pytest
 
 from proxy.config import ListenAddress, Upstream, parse_config
-from proxy.doctor import FAIL, INFO, OK, SKIP, WARN, Check, check_lines, has_failure, judge_ca_expiry, judge_config, judge_key_mode, judge_privileged_ports, judge_proxy_port, judge_upstream
+from proxy.doctor import (
+    FAIL,
+    INFO,
+    OK,
+    SKIP,
+    WARN,
+    Check,
+    check_lines,
+    has_failure,
+    judge_ca_expiry,
+    judge_config,
+    judge_key_mode,
+    judge_privileged_ports,
+    judge_proxy_port,
+    judge_upstream,
+)
 from proxy.ports import ListeningSocket, guess_site_name, is_proxy_command, port_entries, port_table, who_lines
-from tests.conftest import free_port
+from tests.conftest import free_port, has_ipv6_loopback
 
 PROXY = [sys.executable, "-m", "proxy"]
 
@@ -33,15 +48,6 @@ PROXY = [sys.executable, "-m", "proxy"]
 def cli(*args: str, cwd: Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """Run `python -m proxy ARGS` to completion and return its exit code and output."""
     return subprocess.run([*PROXY, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 @dataclass
