@@ -254,8 +254,7 @@ class ProxyServer:
             return self._own_page(request, target, config, accept, scheme, port, dashboard_url)
         if kind is HostKind.LOCAL or site is None:
             return pages.unknown_site_response(normalize_host(host_header), config, self.book, accept, scheme, port, dashboard_url)
-        https_port = self.port_of("https")
-        if site.https_redirect and scheme == "http" and https_port is not None:
+        if site.https_redirect and scheme == "http" and (https_port := self.port_of("https")) is not None:
             # 308 keeps the method and body, unlike 301/302.
             location = f"https://{format_host(normalize_host(host_header))}" + (f":{https_port}" if https_port != 443 else "") + target
             return web.Response(status=308, headers={"Location": location})
