@@ -39,7 +39,7 @@ TOP_KEYS = ("listen", "sites")
 DEFAULT_HTTPS_PORT = 7443
 LISTEN_KEYS = ("http", "https")
 UPSTREAM_OPTIONS = ("preserve_host", "connect_timeout", "verify")
-SITE_ONLY_KEYS = ("tls", "https_redirect")
+SITE_ONLY_KEYS = ("tls", "https_redirect", "inspect")
 SITE_KEYS = ("upstream", "root", "spa", "routes", *UPSTREAM_OPTIONS, *SITE_ONLY_KEYS)
 ROUTE_KEYS = ("upstream", "root", "spa", "routes", *UPSTREAM_OPTIONS, "strip_prefix")
 TLS_KEYS = ("cert", "key")
@@ -158,6 +158,7 @@ class Site:
     mark: Mark
     tls: SiteTLS | None = None
     https_redirect: bool = False  # 308 from http:// to https://, path and query kept
+    inspect: bool = True  # the dashboard's inspector keeps this site's requests
 
     @property
     def is_wildcard(self) -> bool:
@@ -440,8 +441,8 @@ class _Parser:
             seen[host] = (name, mark)
             routes = self.parse_site_value(value_node)
             if routes:
-                tls, https_redirect = self.parse_site_options(value_node)
-                sites.append(Site(host, routes, mark, tls, https_redirect))
+                tls, https_redirect, inspect = self.parse_site_options(value_node)
+                sites.append(Site(host, routes, mark, tls, https_redirect, inspect))
         return tuple(sites)
 
     def parse_host(self, node: ScalarNode, name: str) -> str | None:
@@ -480,18 +481,20 @@ class _Parser:
             return ()
         return (Route("/", target[0], self.mark(node), strip_prefix=False),)
 
-    def parse_site_options(self, node: Node) -> tuple[SiteTLS | None, bool]:
-        """Return a site's own certificate and https_redirect (keys of the site, not of its routes)."""
+    def parse_site_options(self, node: Node) -> tuple[SiteTLS | None, bool, bool]:
+        """Return a site's own certificate, https_redirect and inspect (keys of the site, not of its routes)."""
         if not isinstance(node, MappingNode):
-            return None, False
-        items = {str(k.value): (k, v) for k, v in node.value if isinstance(k, ScalarNode) and k.value in SITE_ONLY_KEYS}
-        https_redirect = self.flag(items, "https_redirect", False)
+            return None, False, True
+        items: dict[str, tuple[ScalarNode, Node]] = {str(k.value): (k, v) for k, v in node.value if isinstance(k, ScalarNode) and k.value in SITE_ONLY_KEYS}
+        return self.parse_site_tls(items), self.flag(items, "https_redirect", False), self.flag(items, "inspect", True)
+
+    def parse_site_tls(self, items: dict[str, tuple[ScalarNode, Node]]) -> SiteTLS | None:
         if "tls" not in items:
-            return None, https_redirect
+            return None
         tls_node = items["tls"][1]
         if not isinstance(tls_node, MappingNode):
             self.error(tls_node, "`tls:` must be a mapping such as `tls: {cert: ./app.pem, key: ./app-key.pem}`")
-            return None, https_redirect
+            return None
         tls_items = self.mapping_items(tls_node, TLS_KEYS, "tls")
         paths: dict[str, str] = {}
         for key in TLS_KEYS:
@@ -510,8 +513,8 @@ class _Parser:
                 continue
             paths[key] = path
         if len(paths) < len(TLS_KEYS):
-            return None, https_redirect
-        return SiteTLS(paths["cert"], paths["key"]), https_redirect
+            return None
+        return SiteTLS(paths["cert"], paths["key"])
 
     def parse_routes(self, node: Node, defaults: Upstreams) -> tuple[Route, ...]:
         if not isinstance(node, MappingNode) or not node.value:

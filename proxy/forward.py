@@ -24,6 +24,7 @@ from yarl import URL
 
 from proxy.config import Upstream, Upstreams
 from proxy.headers import request_headers_for_upstream, response_headers_for_client
+from proxy.inspector import Exchange
 from proxy.routing import RouteMatch
 from proxy.upstreams import UpstreamBook
 
@@ -100,21 +101,15 @@ class OpenStream:
     is_ending: bool = False
 
 
-@dataclass(eq=False)
-class Exchange:
-    """What the access log and inspector learn about one forwarded request."""
-
-    upstream: str = ""
-    status: int = 0
-    sent_bytes: int = 0
-    note: str = ""
-
-
 class _RequestBody:
-    """The client's request body as an async iterator, sending 100 Continue on first pull."""
+    """The client's request body as an async iterator, sending 100 Continue on first pull.
 
-    def __init__(self, request: web.BaseRequest) -> None:
+    Every chunk also passes the exchange's tap, which keeps the start for the inspector.
+    """
+
+    def __init__(self, request: web.BaseRequest, exchange: Exchange) -> None:
         self._request = request
+        self._tap = exchange.request_body
         self.started = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -123,7 +118,9 @@ class _RequestBody:
             # The upstream connection is up: now ask the client for its body (RFC 9110 10.1.1).
             await self._request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         async for chunk in self._request.content.iter_any():
+            self._tap.feed(chunk)
             yield chunk
+        self._tap.is_complete = True
 
 
 def _raw_headers(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
@@ -232,7 +229,7 @@ class Forwarder:
         self, request: web.BaseRequest, match: RouteMatch, upstreams: Upstreams, exchange: Exchange, *, via: list[str], proto: str
     ) -> web.StreamResponse | UpstreamFailure:
         """Return the streamed response, or the failure when no upstream could be reached."""
-        body = _RequestBody(request) if request.body_exists else None
+        body = _RequestBody(request, exchange) if request.body_exists else None
 
         async def send(upstream: Upstream) -> aiohttp.ClientResponse:
             return await self.session.request(
@@ -258,9 +255,11 @@ class Forwarder:
             response = web.StreamResponse(status=upstream_response.status, reason=upstream_response.reason)
             for name, value in response_headers_for_client(_raw_headers(upstream_response.raw_headers)):
                 response.headers.add(name, value)
-            exchange.status = upstream_response.status
+            exchange.response_started(upstream_response.status, upstream_response.reason or "", upstream_response.raw_headers)
+            tap = exchange.response_body
             stream: OpenStream | None = None
             if upstream_response.headers.get("Content-Type", "").startswith("text/event-stream"):
+                exchange.is_stream = True
 
                 async def end_event_stream() -> None:
                     upstream_response.close()  # the relay loop below sees the end and finishes cleanly
@@ -271,7 +270,7 @@ class Forwarder:
                 await response.prepare(request)
                 async for chunk in upstream_response.content.iter_any():
                     await response.write(chunk)
-                    exchange.sent_bytes += len(chunk)
+                    tap.feed(chunk)
             except ConnectionResetError:  # raised by writes to a client that has gone
                 exchange.note = "client went away; upstream request cancelled"
                 return response
@@ -285,6 +284,7 @@ class Forwarder:
                 if stream:
                     self.open_streams.discard(stream)
             await response.write_eof()
+            tap.is_complete = True
             return response
 
     async def forward_websocket(
@@ -331,7 +331,7 @@ class Forwarder:
         )
         async with upstream_ws:
             await client_ws.prepare(request)
-            exchange.status = 101
+            exchange.status, exchange.reason, exchange.is_stream = 101, "Switching Protocols", True
 
             async def going_away() -> None:
                 bye = b"proxy shutting down"

@@ -33,6 +33,8 @@ WEBSOCKET_HANDSHAKE = frozenset(
 )
 # Lists the sites a request has passed through, to catch a dev server proxying back to us.
 LOOP_HEADER = "X-Localhost-Proxy-Via"
+# Marks the dashboard's own replay of a captured request; never forwarded.
+REPLAY_HEADER = "X-Localhost-Proxy-Replay"
 
 
 def connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
@@ -66,7 +68,7 @@ def request_headers_for_upstream(
     `upstream_host` replaces Host when the site does not preserve it; `via` is the list of
     sites this request has now passed through (see LOOP_HEADER).
     """
-    drop = FORWARDED_BY_US | {"expect", LOOP_HEADER.lower()}
+    drop = FORWARDED_BY_US | {"expect", LOOP_HEADER.lower(), REPLAY_HEADER.lower()}
     if websocket:
         drop |= WEBSOCKET_HANDSHAKE
     if upstream_host is not None:
