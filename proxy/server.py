@@ -13,6 +13,7 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -20,9 +21,12 @@ from aiohttp import web
 
 from proxy.config import Config, ListenAddress, Site, StaticRoot, Upstreams, format_host
 from proxy.dashboard import pages
+from proxy.dashboard.views import Dashboard
 from proxy.errors import ListenError
-from proxy.forward import Exchange, Forwarder, UpstreamFailure, is_websocket_upgrade, new_upstream_session
-from proxy.headers import sites_passed
+from proxy.forward import Forwarder, UpstreamFailure, is_websocket_upgrade, new_upstream_session
+from proxy.headers import REPLAY_HEADER, sites_passed
+from proxy.hosthints import detect_host_refusal
+from proxy.inspector import BODY_LIMIT, Exchange, RequestLog
 from proxy.nearby import explain_refused
 from proxy.ports import accepts_connections, describe_listener
 from proxy.routing import HostKind, RouteMatch, RoutingTable, match_route, normalize_host
@@ -63,14 +67,16 @@ class _Bound:
 class ProxyServer:
     """The running proxy: one routing table at a time, swapped whole on reload."""
 
-    def __init__(self, config: Config, *, leaves: LeafCache | None = None) -> None:
+    def __init__(self, config: Config, *, leaves: LeafCache | None = None, show_secrets: bool = False) -> None:
         self.config = config
         self.table = RoutingTable(config.sites)
         self.leaves = leaves  # None: no HTTPS listener
         self.site_contexts = load_site_contexts(config)  # sites that bring their own certificate
-        # The FILE:LINE:COL lines of a file that failed to load; the last good config keeps serving.
-        self.config_error: str | None = None
+        self._config_error: str | None = None
         self.book = UpstreamBook()
+        self.requests = RequestLog()
+        self.dashboard = Dashboard(self, show_secrets=show_secrets)
+        self._hinted: set[tuple[str, str]] = set()  # (site, hint) pairs already logged
         self._bound: dict[str, _Bound] = {}  # by scheme
         self._refused_names: set[str] = set()  # TLS names already logged as refused
         self._forwarder: Forwarder | None = None
@@ -88,8 +94,20 @@ class ProxyServer:
         site_contexts = load_site_contexts(config)
         known = {site.host for site in self.config.sites}
         new_sites = [site for site in config.sites if site.host not in known]
-        self.config, self.table, self.site_contexts, self.config_error = config, RoutingTable(config.sites), site_contexts, None
+        self.config, self.table, self.site_contexts, self._config_error = config, RoutingTable(config.sites), site_contexts, None
         _warn_about_names_outside_the_ca(new_sites, site_contexts, https=self.leaves is not None)
+        self.requests.counts.forget_except({site.host for site in config.sites})
+        self.dashboard.sites_changed()
+
+    @property
+    def config_error(self) -> str | None:
+        """The FILE:LINE:COL lines of a file that failed to load; the last good config keeps serving."""
+        return self._config_error
+
+    @config_error.setter
+    def config_error(self, text: str | None) -> None:
+        self._config_error = text
+        self.dashboard.sites_changed()
 
     # ------------------------------------------------------------ listeners
 
@@ -197,6 +215,7 @@ class ProxyServer:
             return
         for site in list(self._runner.sites):
             await site.stop()
+        await self.dashboard.close()
         if self._forwarder is not None:
             await self._forwarder.end_open_streams()
         # aiohttp's own shutdown waits its timeout twice over; bound the whole wait here instead.
@@ -217,14 +236,18 @@ class ProxyServer:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Answer one request; never raises for anything a client or upstream can do."""
         started = time.monotonic()
-        exchange = Exchange()
         host_header, target = _host_and_target(request)
+        exchange = Exchange(request.method, "https" if request.secure else "http", host_header, target, started_at=time.time(), request_headers=request.raw_headers)
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
         try:
             response = await self._dispatch(request, host_header, target, exchange)
-            exchange.status = exchange.status or response.status
+            if not exchange.status:  # the proxy's own answer (error page, redirect, file): relay_response did not see it
+                exchange.response_started(response.status, response.reason or "", _raw(response.headers))
+                if isinstance(response, web.Response) and isinstance(response.body, bytes):
+                    exchange.response_body.feed(response.body)
+                    exchange.response_body.is_complete = True
             return response
         except asyncio.CancelledError:
             exchange.note = exchange.note or "client went away; upstream request cancelled"
@@ -239,7 +262,23 @@ class ProxyServer:
         finally:
             if task is not None:
                 self._in_flight.discard(task)
-            _log_access(request, host_header, target, exchange, time.monotonic() - started)
+            exchange.duration = time.monotonic() - started
+            self._note_host_refusal(exchange)
+            self.requests.finish(exchange, time.time())
+            _log_access(request, host_header, target, exchange)
+
+    def _note_host_refusal(self, exchange: Exchange) -> None:
+        """Log (once per site) and show in the inspector when a dev server refused the forwarded Host."""
+        if exchange.site is None or not exchange.upstream or exchange.status not in (200, 400, 403):
+            return
+        content_type = next((v.decode("latin-1") for n, v in exchange.response_headers if n.lower() == b"content-type"), "")
+        refusal = detect_host_refusal(exchange.status, content_type, bytes(exchange.response_body.data), exchange.host_header)
+        if refusal is None:
+            return
+        exchange.hint = refusal.hint
+        if (exchange.site, refusal.hint) not in self._hinted and len(self._hinted) < 1000:
+            self._hinted.add((exchange.site, refusal.hint))
+            log.warning("%s: %s", exchange.site, refusal.hint)
 
     async def _dispatch(self, request: web.BaseRequest, host_header: str, target: str, exchange: Exchange) -> web.StreamResponse:
         config, table = self.config, self.table  # one table for the whole request, even across a reload
@@ -251,7 +290,8 @@ class ProxyServer:
         if kind is HostKind.FOREIGN:
             return pages.bare_not_found()
         if kind is HostKind.OWN:
-            return self._own_page(request, target, config, accept, scheme, port, dashboard_url)
+            return await self.dashboard.handle(request, target, accept, scheme, port, dashboard_url)
+        self._start_capture(request, exchange, site)
         if kind is HostKind.LOCAL or site is None:
             return pages.unknown_site_response(normalize_host(host_header), config, self.book, accept, scheme, port, dashboard_url)
         if site.https_redirect and scheme == "http" and (https_port := self.port_of("https")) is not None:
@@ -293,6 +333,7 @@ class ProxyServer:
             result = await self._forwarder.forward_http(request, match, route_target, exchange, via=via, proto=scheme)
         if isinstance(result, UpstreamFailure):
             exchange.note = result.reason
+            await _keep_unread_body(request, exchange)
             nearby = None
             if result.is_refused and result.upstream is not None and result.upstream.is_loopback:
                 nearby = await asyncio.get_running_loop().run_in_executor(None, explain_refused, result.upstream)
@@ -301,13 +342,17 @@ class ProxyServer:
             return pages.problem_response(_failure_problem(match, result, nearby), accept, dashboard_url)
         return result
 
-    def _own_page(self, request: web.BaseRequest, target: str, config: Config, accept: str, scheme: str, port: int | None, dashboard_url: str) -> web.Response:
-        path = target.partition("?")[0]
-        if path == "/api/sites":
-            return web.json_response(pages.api_sites(config, self.config_error, self.book, scheme, port), dumps=_pretty_json)
-        if path == "/" and request.method in ("GET", "HEAD"):
-            return pages.index_response(config, self.config_error, self.book, accept, scheme, port, dashboard_url)
-        return pages.problem_response(pages.Problem(404, "Not found", f"The proxy has no page at {path}.", "The list of sites is at /, and as JSON at /api/sites."), accept, dashboard_url)
+    def _start_capture(self, request: web.BaseRequest, exchange: Exchange, site: Site | None) -> None:
+        """Keep this request for the inspector, unless its site opted out with `inspect: false`."""
+        exchange.site = site.host if site is not None else None
+        token = request.headers.get(REPLAY_HEADER)
+        replay_of = self.dashboard.claim_replay(token) if token else None
+        if site is None or site.inspect or replay_of is not None:
+            exchange.inspect()
+            exchange.replay_of = replay_of
+            self.requests.add(exchange)
+            if token and replay_of is not None:
+                self.dashboard.replay_started(token, exchange)
 
 
 def load_site_contexts(config: Config) -> dict[str, ssl.SSLContext]:
@@ -371,11 +416,28 @@ def _local_port(request: web.BaseRequest) -> int | None:
     return sockname[1] if sockname else None
 
 
-def _log_access(request: web.BaseRequest, host_header: str, target: str, exchange: Exchange, seconds: float) -> None:
+def _log_access(request: web.BaseRequest, host_header: str, target: str, exchange: Exchange) -> None:
     host = normalize_host(host_header) or "-"
     upstream = f" -> {exchange.upstream}" if exchange.upstream else ""
     note = f" ({exchange.note})" if exchange.note else ""
-    access_log.info("%s %s %s %s%s %.1fms%s", host, request.method, target, exchange.status or "-", upstream, seconds * 1000, note)
+    access_log.info("%s %s %s %s%s %.1fms%s", host, request.method, target, exchange.status or "-", upstream, (exchange.duration or 0) * 1000, note)
+
+
+def _raw(headers: Mapping[str, str]) -> tuple[tuple[bytes, bytes], ...]:
+    return tuple((n.encode("latin-1"), v.encode("latin-1", "replace")) for n, v in headers.items())
+
+
+async def _keep_unread_body(request: web.BaseRequest, exchange: Exchange) -> None:
+    """Read a small body no upstream took (all refused), so the inspector can replay it once the app is up."""
+    length = request.content_length
+    if not exchange.is_inspected or exchange.request_body.size or not length or length > BODY_LIMIT or request.headers.get("Expect"):
+        return
+    try:
+        async with asyncio.timeout(2.0):
+            exchange.request_body.feed(await request.content.readexactly(length))
+        exchange.request_body.is_complete = True
+    except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+        pass
 
 
 # ---------------------------------------------------------------- binding

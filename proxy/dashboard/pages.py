@@ -41,14 +41,15 @@ def _wants(accept: str) -> str:
     return "text"
 
 
-def _page(title: str, body: str, dashboard_url: str, *, head: str = "") -> str:
+def _page(title: str, body: str, dashboard_url: str, *, head: str = "", wide: bool = False) -> str:
+    main_class = ' class="wide"' if wide else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)} · localhost-proxy</title>{head}
 <style>{_STYLE}</style></head>
 <body><header><a class="brand" href="{html.escape(dashboard_url)}">localhost-proxy</a></header>
-<main>{body}</main></body></html>
+<main{main_class}>{body}</main></body></html>
 """
 
 
@@ -103,18 +104,31 @@ def site_url(site: Site, scheme: str, port: int | None) -> str | None:
     return f"{scheme}://{site.host}" + (f":{port}" if port else "")
 
 
-def api_sites(config: Config, config_error: str | None, book: UpstreamBook, scheme: str, port: int | None) -> dict[str, object]:
+Activity = dict[str, tuple[int, int]]  # site host -> (requests, errors) in the last minute
+
+
+def api_sites(config: Config, config_error: str | None, book: UpstreamBook, scheme: str, port: int | None, activity: Activity | None = None) -> dict[str, object]:
     """Return the /api/sites document: the config file, why its latest save was not loaded (or null), the sites."""
     return {
         "config": config.file,
         "config_error": config_error,
         "config_errors": config_error.splitlines() if config_error else [],
-        "sites": sites_json(config, book, scheme, port),
+        "sites": sites_json(config, book, scheme, port, activity or {}),
     }
 
 
-def sites_json(config: Config, book: UpstreamBook, scheme: str, port: int | None) -> list[dict[str, object]]:
-    """Return every site with its targets, state and the config line it came from."""
+def site_state(site: Site, book: UpstreamBook) -> str:
+    """Return "up" (some upstream answers), "down" (none does), "not tried" or "static"."""
+    states = [book.state(u).is_up for r in site.routes if isinstance(r.target, Upstreams) for u in r.target.addresses]
+    if not states:
+        return "static"
+    if any(states):
+        return "up"
+    return "down" if all(s is False for s in states) else "not tried"
+
+
+def sites_json(config: Config, book: UpstreamBook, scheme: str, port: int | None, activity: Activity | None = None) -> list[dict[str, object]]:
+    """Return every site with its targets, state, recent traffic and the config line it came from."""
     out: list[dict[str, object]] = []
     for site in config.sites:
         routes = []
@@ -129,11 +143,16 @@ def sites_json(config: Config, book: UpstreamBook, scheme: str, port: int | None
                 ]
                 entry["preserve_host"] = route.target.preserve_host
             routes.append(entry)
+        requests, errors = (activity or {}).get(site.host, (0, 0))
         out.append(
             {
                 "host": site.host,
                 "url": site_url(site, scheme, port),
                 "targets": site.target_lines(),
+                "state": site_state(site, book),
+                "requests_last_minute": requests,
+                "errors_last_minute": errors,
+                "inspect": site.inspect,
                 "config": str(site.mark),
                 "routes": routes,
             }
@@ -141,40 +160,70 @@ def sites_json(config: Config, book: UpstreamBook, scheme: str, port: int | None
     return out
 
 
-def _sites_table(sites: Iterable[Site], book: UpstreamBook, scheme: str, port: int | None) -> str:
+def _sites_table(sites: Iterable[Site], book: UpstreamBook, scheme: str, port: int | None, activity: Activity) -> str:
     rows = []
     for site in sites:
         url = site_url(site, scheme, port)
         name = f'<a href="{html.escape(url)}">{html.escape(site.host)}</a>' if url else html.escape(site.host)
-        states = [book.state(u).is_up for r in site.routes if isinstance(r.target, Upstreams) for u in r.target.addresses]
-        state = "static" if not states else ("up" if any(states) else "down" if states and all(s is False for s in states) else "not tried")
-        state_class = state.replace(" ", "-")
+        state = site_state(site, book)
+        requests, errors = activity.get(site.host, (0, 0))
         rows.append(
-            f'<tr><td>{name}</td><td>{"<br>".join(html.escape(t) for t in site.target_lines())}</td>'
-            f'<td><span class="state {state_class}">{state}</span></td><td class="mark">{html.escape(str(site.mark))}</td></tr>'
+            f'<tr data-host="{html.escape(site.host)}"><td>{name}</td><td>{"<br>".join(html.escape(t) for t in site.target_lines())}</td>'
+            f'<td><span class="state {state.replace(" ", "-")}">{state}</span></td>'
+            f'<td class="num">{requests}{f" <span class=errors>{errors} failed</span>" if errors else ""}</td>'
+            f'<td class="mark">{html.escape(str(site.mark))}</td></tr>'
         )
     if not rows:
-        return "<p>No sites yet. Add one to sites.yaml, for example <code>app1: 3000</code>.</p>"
-    return "<table><thead><tr><th>Site</th><th>Target</th><th>State</th><th>Config</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+        return '<p id="no-sites">No sites yet. Add one to sites.yaml, for example <code>app1: 3000</code>.</p>'
+    return (
+        '<table id="sites"><thead><tr><th>Site</th><th>Target</th><th>State</th><th>Last minute</th><th>Config</th></tr></thead><tbody>'
+        + "".join(rows)
+        + "</tbody></table>"
+    )
 
 
-def index_response(config: Config, config_error: str | None, book: UpstreamBook, accept: str, scheme: str, port: int | None, dashboard_url: str) -> web.Response:
-    """Return the proxy's own page: every site with a link and target, and the config error if any."""
+def _config_banner(config: Config, config_error: str | None) -> str:
+    hidden = "" if config_error else " hidden"
+    return f"""<div class="banner" id="config-error"{hidden}><strong><span id="config-file">{html.escape(config.file)}</span> was not loaded</strong>; the sites below are the last good config.
+<pre>{html.escape(config_error or "")}</pre></div>"""
+
+
+def index_response(
+    config: Config, config_error: str | None, book: UpstreamBook, accept: str, scheme: str, port: int | None, dashboard_url: str, activity: Activity | None = None
+) -> web.Response:
+    """Return the dashboard: every site with its state and traffic, the config error if any, and the request inspector."""
+    activity = activity or {}
     if _wants(accept) == "json":
-        return web.json_response(api_sites(config, config_error, book, scheme, port))
+        return web.json_response(api_sites(config, config_error, book, scheme, port, activity))
     if _wants(accept) == "text":
         lines = [f"{site.host}  ->  {', '.join(site.target_lines())}  ({site.mark})" for site in config.sites]
         if config_error:
             lines = [f"{config.file} was not loaded; still serving the last good config:", config_error, ""] + lines
         return web.Response(text="\n".join(lines or ["no sites configured"]) + "\n")
-    banner = ""
-    if config_error:
-        banner = f"""<div class="banner"><strong>{html.escape(config.file)} was not loaded</strong>; the sites below are the last good config.
-<pre>{html.escape(config_error)}</pre></div>"""
-    body = f"""{banner}<h1>Sites</h1>
-<p class="detail">Routed from <code>{html.escape(config.file)}</code>.</p>
-{_sites_table(config.sites, book, scheme, port)}"""
-    return web.Response(text=_page("Sites", body, dashboard_url), content_type="text/html", headers={"Cache-Control": "no-store"})
+    body = f"""{_config_banner(config, config_error)}<h1>Sites <span class="live" id="live" title="updates live">connecting…</span></h1>
+<p class="detail">Routed from <code>{html.escape(config.file)}</code>. State is checked every 2 s while this page is open. <button type="button" id="check-now">Check now</button></p>
+<div id="sites-holder">{_sites_table(config.sites, book, scheme, port, activity)}</div>
+{_INSPECTOR}"""
+    return web.Response(
+        text=_page("Dashboard", body, dashboard_url, head='\n<script src="/assets/dashboard.js" defer></script>', wide=True),
+        content_type="text/html",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+_INSPECTOR = """<h2>Requests</h2>
+<div class="filters">
+  <label>Site <select id="filter-site"><option value="">all sites</option></select></label>
+  <label>Status <select id="filter-status">
+    <option value="">any status</option><option value="2xx">2xx</option><option value="3xx">3xx</option>
+    <option value="4xx">4xx</option><option value="5xx">5xx</option><option value="failed">failed</option>
+  </select></label>
+  <label><input type="checkbox" id="show-secrets"> show secret headers</label>
+</div>
+<table id="requests"><thead><tr><th>Time</th><th>Method</th><th>Host</th><th>Path</th><th>Status</th><th class="num">Duration</th><th class="num">Size</th><th>Upstream</th></tr></thead>
+<tbody></tbody></table>
+<p class="detail" id="requests-empty">No requests yet. Requests to your sites show up here as they happen (the last 500 are kept).</p>
+<section id="request-detail" hidden></section>"""
 
 
 def unknown_site_response(host: str, config: Config, book: UpstreamBook, accept: str, scheme: str, port: int | None, dashboard_url: str) -> web.Response:
@@ -193,5 +242,5 @@ def unknown_site_response(host: str, config: Config, book: UpstreamBook, accept:
 <p class="detail">{html.escape(host)} is not in <code>{html.escape(config.file)}</code>.</p>
 <p class="hint">To route it, run <code>{html.escape(command)}</code> with your app's port instead of 3000, or add <code>{html.escape(snippet)}</code> under <code>sites:</code>. The running proxy picks it up at once.</p>
 <h2>Configured sites</h2>
-{_sites_table(config.sites, book, scheme, port)}"""
+{_sites_table(config.sites, book, scheme, port, {})}"""
     return web.Response(text=_page("No such site", body, dashboard_url), status=404, content_type="text/html", headers={"Cache-Control": "no-store"})
