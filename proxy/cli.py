@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-https", action="store_true", help="do not start the HTTPS listener")
     run.add_argument("--certs", metavar="DIR", help="folder of the local CA (default: certs/ beside the config file)")
     run.add_argument("--allow-remote", action="store_true", help="allow listening on addresses other machines can reach (off by default: the proxy forwards to your dev servers)")
+    run.add_argument("--show-secrets", action="store_true", help="show Authorization, Cookie and Set-Cookie values in the inspector and its API (redacted by default)")
     with_config(commands.add_parser("check", help="validate the config file: exit 0 if valid, 2 with FILE:LINE:COL lines if not"))
     add = with_config(commands.add_parser("add", help="add a site to the config file, keeping its comments", description="Add NAME -> TARGET to the config file in place (comments and layout kept); a running proxy picks it up."))
     add.add_argument("name", metavar="NAME", help="app1 (meaning app1.localhost), app1.localhost or *.preview.localhost")
@@ -272,7 +273,7 @@ async def _run(args: argparse.Namespace) -> int:
         logging.getLogger("proxy").info("--http %s overrides listen.http (%s) in %s", args.http, config.listen_http, config.file)
     https_address = None if args.no_https else (args.https or config.listen_https)
     leaves = LeafCache(load_or_create_ca(args.certs or certs_folder(args.config))[0]) if https_address is not None else None
-    server = ProxyServer(config, leaves=leaves)
+    server = ProxyServer(config, leaves=leaves, show_secrets=args.show_secrets)
     listeners = await server.start(address, https_address, allow_remote=args.allow_remote)
 
     loop = asyncio.get_running_loop()
