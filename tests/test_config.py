@@ -124,6 +124,20 @@ def test_mapping_options_are_read() -> None:
     assert only_target(config, "api.localhost") == Upstreams((Upstream("http", "127.0.0.1", 8000),), False, 2.5)
 
 
+def test_inspect_is_on_unless_a_site_turns_it_off() -> None:
+    config = parse(
+        """\
+        sites:
+          app1: 3000
+          quiet: {upstream: 3001, inspect: false}
+          shop:
+            inspect: false
+            routes: {/: 3002}
+        """
+    )
+    assert {s.host: s.inspect for s in config.sites} == {"app1.localhost": True, "quiet.localhost": False, "shop.localhost": False}
+
+
 def test_static_root_is_relative_to_the_config_folder() -> None:
     config = parse("sites:\n  docs.localhost:\n    root: ./public\n    spa: true\n")
     assert only_target(config, "docs.localhost") == StaticRoot(os.path.join(FOLDER, "public"), spa=True)
@@ -197,6 +211,8 @@ ERRORS = [
     ("listen: {http: '²'}\nsites: {}\n", "1:16", "is not PORT, HOST:PORT or [IPv6]:PORT"),
     ("sites:\n  app1: {upstream: 1, connect_timeout: 0}\n", "2:40", "`connect_timeout:` must be a number of seconds above 0"),
     ("sites:\n  app1: {upstream: 1, preserve_host: yes please}\n", "2:38", "`preserve_host:` must be true or false"),
+    ("sites:\n  app1: {upstream: 1, inspect: maybe}\n", "2:32", "`inspect:` must be true or false"),
+    ("sites:\n  shop:\n    routes:\n      /: {upstream: 1, inspect: false}\n", "4:24", "unknown key 'inspect' in route /"),
     ("sites:\n  app1: {upstream: 1, root: ./x}\n", "2:23", "use either `upstream:` or `root:`, not both"),
     ("sites:\n  app1: {upstream: 1, spa: true}\n", "2:23", "`spa:` applies only beside `root:`"),
     ("sites:\n  app1: {root: ./x, preserve_host: true}\n", "2:21", "`preserve_host:` applies to upstreams"),
