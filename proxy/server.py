@@ -271,6 +271,8 @@ class ProxyServer:
         """Log (once per site) and show in the inspector when a dev server refused the forwarded Host."""
         if exchange.site is None or not exchange.upstream or exchange.status not in (200, 400, 403):
             return
+        if exchange.status == 200 and exchange.response_body.size > 64:  # only old webpack refuses with a 200, in a few bytes
+            return
         content_type = next((v.decode("latin-1") for n, v in exchange.response_headers if n.lower() == b"content-type"), "")
         refusal = detect_host_refusal(exchange.status, content_type, bytes(exchange.response_body.data), exchange.host_header)
         if refusal is None:
