@@ -342,3 +342,46 @@ async def test_chunked_response_reaches_client_chunk_by_chunk(start_proxy: Proxy
         server.close()
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=5)
         await server.wait_closed()
+
+
+# ---------------------------------------------------------------- inspector memory
+
+
+# The inspector keeps 500 requests with at most 64 KiB of each body both ways: 62.5 MiB at worst.
+INSPECTOR_WORST_CASE = 500 * 2 * 64 * 1024
+
+
+@pytest.mark.timeout(90)
+async def test_the_inspector_keeps_memory_bounded_over_many_large_requests(start_proxy: ProxyFactory, client: aiohttp.ClientSession) -> None:
+    """700 requests with 256 KiB each way: the ring keeps 500 and only their first 64 KiB per body."""
+    answer = os.urandom(256 * 1024)
+
+    async def sink(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=answer, content_type="application/octet-stream")
+
+    app = web.Application(client_max_size=MiB)
+    app.router.add_route("*", "/{tail:.*}", sink)
+    async with TestServer(app, host="127.0.0.1") as upstream:
+        proxy = await start_proxy({"app1": f"127.0.0.1:{upstream.port}"})
+        await warm_up(client, proxy)
+        sampler = RssSampler(proxy)
+        sampler.start()
+        upload = os.urandom(256 * 1024)
+
+        async def send(i: int) -> None:
+            async with client.post(f"{proxy.base}/item/{i}", data=upload, headers={"Host": "app1.localhost"}) as resp:
+                assert resp.status == 200 and len(await resp.read()) == len(answer)
+
+        for batch in range(0, 700, 10):
+            await asyncio.gather(*(send(i) for i in range(batch, batch + 10)))
+        await sampler.stop()
+        async with client.get(f"{proxy.base}/api/requests?limit=500") as resp:
+            listed = (await resp.json())["requests"]
+        async with client.get(f"{proxy.base}/api/requests/{listed[0]['id']}") as resp:
+            newest = await resp.json()
+    assert len(listed) == 500 and {r["path"] for r in listed} == {f"/item/{i}" for i in range(200, 700)}
+    assert newest["request"]["body"]["captured"] == 64 * 1024 and newest["request"]["body"]["size"] == len(upload)
+    # Generous: the worst case of the ring plus allocator slack; whole bodies would need 350 MiB.
+    print(f"inspector ring of 500: proxy RSS grew {sampler.growth / MiB:.1f} MiB")
+    assert sampler.growth < INSPECTOR_WORST_CASE + 40 * MiB, f"proxy RSS grew {sampler.growth / MiB:.1f} MiB"
