@@ -335,6 +335,7 @@ class ProxyServer:
             result = await self._forwarder.forward_http(request, match, route_target, exchange, via=via, proto=scheme)
         if isinstance(result, UpstreamFailure):
             exchange.note = result.reason
+            exchange.upstream = result.upstream.authority if result.upstream else ""
             await _keep_unread_body(request, exchange)
             nearby = None
             if result.is_refused and result.upstream is not None and result.upstream.is_loopback:

@@ -53,7 +53,7 @@
           el("td", {}, ...site.targets.flatMap((t, i) => (i ? [el("br"), t] : [t]))),
           el("td", {}, el("span", { class: "state " + site.state.replace(" ", "-"), title: upstreamErrors(site) }, site.state)),
           el("td", { class: "num" }, String(site.requests_last_minute),
-            site.errors_last_minute ? el("span", { class: "errors" }, " " + site.errors_last_minute + " failed") : null),
+            site.errors_last_minute ? el("span", { class: "errors" }, " (" + site.errors_last_minute + " failed)") : null),
           el("td", { class: "mark" }, site.config)));
       holder.replaceChildren(el("table", { id: "sites" },
         el("thead", {}, el("tr", {}, ...["Site", "Target", "State", "Last minute", "Config"].map((h) => el("th", {}, h)))),

@@ -170,7 +170,7 @@ def _sites_table(sites: Iterable[Site], book: UpstreamBook, scheme: str, port: i
         rows.append(
             f'<tr data-host="{html.escape(site.host)}"><td>{name}</td><td>{"<br>".join(html.escape(t) for t in site.target_lines())}</td>'
             f'<td><span class="state {state.replace(" ", "-")}">{state}</span></td>'
-            f'<td class="num">{requests}{f" <span class=errors>{errors} failed</span>" if errors else ""}</td>'
+            f'<td class="num">{requests}{f" <span class=errors>({errors} failed)</span>" if errors else ""}</td>'
             f'<td class="mark">{html.escape(str(site.mark))}</td></tr>'
         )
     if not rows:

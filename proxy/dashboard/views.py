@@ -37,6 +37,7 @@ KEEPALIVE_INTERVAL = 15.0  # an SSE comment line, so dead clients are noticed
 SUBSCRIBER_BACKLOG = 500  # events queued for one slow dashboard before it is dropped (it reconnects)
 REPLAY_READ_LIMIT = 10.0  # seconds a replay waits for its answer's body (an SSE stream never ends)
 MAX_EDIT_SIZE = 1024 * 1024
+COUNTS_DELAY = 0.5  # seconds: traffic counts are re-sent at most this often, however busy the sites
 _SCRIPT = resources.files(__package__).joinpath("dashboard.js").read_bytes()
 _JSON_HEADERS = {"Cache-Control": "no-store"}
 
@@ -64,6 +65,7 @@ class Dashboard:
         self._subscribers: set[_Subscriber] = set()
         self._prober: asyncio.Task[None] | None = None
         self._last_sites = ""
+        self._counts_due = False
         self._pending_replays: dict[str, tuple[int, asyncio.Future[Exchange]]] = {}
         self._session: aiohttp.ClientSession | None = None
         server.requests.on_finish.append(self._request_finished)
@@ -148,7 +150,17 @@ class Dashboard:
         return _json(exchanges.detail(exchange, redact=self._redact(request), ca_path=ca_path))
 
     def _request_finished(self, exchange: Exchange) -> None:
+        if not self._subscribers:
+            return
         self._publish("request", json.dumps(exchanges.summary(exchange)))
+        if not self._counts_due:  # the sites' last-minute counts follow within COUNTS_DELAY, not per request
+            self._counts_due = True
+            asyncio.get_running_loop().call_later(COUNTS_DELAY, self._publish_counts)
+
+    def _publish_counts(self) -> None:
+        self._counts_due = False
+        if self._subscribers:
+            self._publish_sites()
 
     # ------------------------------------------------------------ replay
 
