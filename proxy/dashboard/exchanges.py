@@ -282,7 +282,11 @@ def replay_request(exchange: Exchange, edit: dict[str, object]) -> ReplayRequest
 def _edited_headers(value: object, originals: list[tuple[str, str]]) -> list[tuple[str, str]]:
     if not isinstance(value, list) or not all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in value):
         raise EditError('headers must be a list of [name, value] pairs, e.g. [["Accept", "application/json"]]')
-    secrets = {n.lower(): v for n, v in originals if n.lower() in SECRET_HEADERS}
+    # Each redacted line sent back gets the original it was shown for, repeated headers included.
+    secrets: dict[tuple[str, str], list[str]] = {}
+    for n, v in originals:
+        if n.lower() in SECRET_HEADERS:
+            secrets.setdefault((n.lower(), redact_value(n, v)), []).append(v)
     headers: list[tuple[str, str]] = []
     for name, text in value:
         name = name.strip()
@@ -292,7 +296,8 @@ def _edited_headers(value: object, originals: list[tuple[str, str]]) -> list[tup
             raise EditError(f"the value of {name} contains a line break")
         if name.lower() in _NOT_REPLAYED:
             continue  # framing and Host are the proxy's to set
-        if REDACTED in text and name.lower() in secrets:
-            text = secrets[name.lower()]
+        shown_for = secrets.get((name.lower(), text))
+        if shown_for:
+            text = shown_for.pop(0) if len(shown_for) > 1 else shown_for[0]
         headers.append((name, text))
     return headers

@@ -209,6 +209,8 @@ class Dashboard:
             return _error(413, "edit too large", f"an edited request may be at most {MAX_EDIT_SIZE // 1024} KiB")
         try:
             edit = json.loads(await request.read() or b"{}")
+        except web.HTTPRequestEntityTooLarge:  # a chunked body has no Content-Length to check first
+            return _error(413, "edit too large", f"an edited request may be at most {MAX_EDIT_SIZE // 1024} KiB")
         except ValueError:
             return _error(400, "bad JSON", "the body must be a JSON object: {} to replay as captured, or {method, path, headers, body}")
         if not isinstance(edit, dict):
