@@ -13,6 +13,7 @@ import gzip
 import json
 import os
 import re
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -567,6 +568,31 @@ async def test_replay_is_allowed_from_each_own_origin(start_proxy: ProxyFactory,
     status, answer = await replay(client, proxy, entry["id"], headers={"Origin": own_origin(proxy, host)})
     assert status == 200, answer
     assert [r.target for r in backend.received] == ["/from-origin", "/from-origin"]
+
+
+async def test_the_dashboard_answers_over_https_and_replays_from_its_https_origin(start_proxy: ProxyFactory, client: aiohttp.ClientSession, backend: Backend) -> None:
+    proxy = await start_proxy({"app1": backend.address}, https=True)
+    trusting = ssl.create_default_context(cafile=str(proxy.certs / "ca.pem"))
+    base = f"https://127.0.0.1:{proxy.https_port}"
+    async with client.get(f"{base}/app-path", headers={"Host": "app1.localhost"}, server_hostname="app1.localhost", ssl=trusting) as resp:
+        assert resp.status == 200
+    async with client.get(f"{base}/api/requests", headers={"Host": "proxy.localhost"}, server_hostname="proxy.localhost", ssl=trusting) as resp:
+        assert resp.status == 200
+        [entry] = [r for r in (await resp.json())["requests"] if r["path"] == "/app-path"]
+    assert entry["scheme"] == "https"
+
+    async def replay_over_https(origin: str) -> int:
+        async with client.post(
+            f"{base}/api/requests/{entry['id']}/replay", json={}, headers={"Host": "localhost", "Origin": origin}, server_hostname="localhost", ssl=trusting
+        ) as resp:
+            return resp.status
+
+    # The scheme is part of the origin: the HTTPS port named with http:// is someone else's.
+    assert await replay_over_https(f"http://localhost:{proxy.https_port}") == 403
+    assert len(backend.received) == 1
+    assert await replay_over_https(f"https://localhost:{proxy.https_port}") == 200
+    assert [r.target for r in backend.received] == ["/app-path", "/app-path"]
+    assert backend.received[1].values("X-Forwarded-Proto") == ["https"], "the replay took the HTTPS listener, as the original did"
 
 
 async def test_replay_without_origin_needs_same_origin_fetch_metadata(start_proxy: ProxyFactory, client: aiohttp.ClientSession, backend: Backend) -> None:

@@ -301,3 +301,31 @@ async def test_secret_headers_are_redacted_until_asked_for(
     await expect(detail.locator("table.headers").nth(0)).to_contain_text("Bearer topsecret", timeout=WAIT_MS)
     await expect(page.locator("#curl")).to_contain_text("Bearer topsecret")
     await page.screenshot(path=str(tmp_path / "shown.png"), full_page=True)
+
+
+async def test_the_request_list_filters_by_site_and_status(
+    start_proxy: ProxyFactory, recorder: Recorder, client: aiohttp.ClientSession, page: Page, tmp_path: Path
+) -> None:
+    proxy = await start_proxy({"app1": f"127.0.0.1:{recorder.port}", "down": f"127.0.0.1:{free_port()}"})
+    await through_proxy(client, proxy, "GET", "/fine")
+    async with client.get(f"{proxy.base}/broken", headers={"Host": f"down.localhost:{proxy.port}"}) as resp:
+        assert resp.status == 502
+    await open_dashboard(page, proxy)
+    rows = page.locator("#requests tbody tr")
+    await expect(rows).to_have_count(2)
+
+    await page.select_option("#filter-status", "5xx")
+    await expect(rows).to_have_count(1)
+    await expect(rows.first).to_contain_text("/broken")
+    await page.select_option("#filter-status", "")
+    await page.select_option("#filter-site", "app1.localhost")
+    await expect(rows).to_have_count(1)
+    await expect(rows.first).to_contain_text("/fine")
+    # A request arriving while filtered shows only if it matches.
+    await through_proxy(client, proxy, "GET", "/later")
+    async with client.get(f"{proxy.base}/later-broken", headers={"Host": f"down.localhost:{proxy.port}"}) as resp:
+        assert resp.status == 502
+    await expect(rows).to_have_count(2)
+    await expect(page.locator("#requests tbody")).not_to_contain_text("/later-broken")
+    await page.screenshot(path=str(tmp_path / "filtered.png"), full_page=True)
+    await assert_not_reloaded(page)
