@@ -20,6 +20,7 @@ from aiohttp import http_parser
 
 from proxy import __version__, doctor, ports, trust
 from proxy.config import Config, ListenAddress, certs_folder, disk_root_checker, load_config, normalize_site_name, parse_listen_address
+from proxy.connections import connection_cap, raise_open_file_limit
 from proxy.dashboard.pages import site_url
 from proxy.errors import ConfigErrors, ProxyError
 from proxy.reload import ConfigWatcher, Reloader
@@ -273,7 +274,8 @@ async def _run(args: argparse.Namespace) -> int:
         logging.getLogger("proxy").info("--http %s overrides listen.http (%s) in %s", args.http, config.listen_http, config.file)
     https_address = None if args.no_https else (args.https or config.listen_https)
     leaves = LeafCache(load_or_create_ca(args.certs or certs_folder(args.config))[0]) if https_address is not None else None
-    server = ProxyServer(config, leaves=leaves, show_secrets=args.show_secrets)
+    max_connections = connection_cap(raise_open_file_limit())
+    server = ProxyServer(config, leaves=leaves, show_secrets=args.show_secrets, max_connections=max_connections)
     listeners = await server.start(address, https_address, allow_remote=args.allow_remote)
 
     loop = asyncio.get_running_loop()

@@ -31,6 +31,9 @@ from proxy.upstreams import UpstreamBook
 log = logging.getLogger("proxy")
 T = TypeVar("T")
 
+# Idle pooled upstream connections close before the dev server closes them (Node and uvicorn
+# drop idle keep-alive connections after 5 s), so a request rarely meets a stale one.
+UPSTREAM_IDLE_TIMEOUT = 4.0
 # Close code for "going away": the proxy is shutting down (RFC 6455 7.4.1).
 WS_GOING_AWAY = 1001
 # Codes that may not be sent in a close frame (RFC 6455 7.4.1); replaced by a normal close.
@@ -79,7 +82,7 @@ def new_upstream_session() -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         limit=0,  # a dev server behind a busy page gets as many connections as the browser opens
         resolver=LoopbackResolver(),
-        keepalive_timeout=30,
+        keepalive_timeout=UPSTREAM_IDLE_TIMEOUT,
         ttl_dns_cache=None,
     )
     return aiohttp.ClientSession(

@@ -19,7 +19,9 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from proxy.admission import refusal
 from proxy.config import Config, ListenAddress, Site, StaticRoot, Upstreams, format_host
+from proxy.connections import GuardedServer
 from proxy.dashboard import pages
 from proxy.dashboard.views import Dashboard
 from proxy.errors import ListenError
@@ -67,8 +69,9 @@ class _Bound:
 class ProxyServer:
     """The running proxy: one routing table at a time, swapped whole on reload."""
 
-    def __init__(self, config: Config, *, leaves: LeafCache | None = None, show_secrets: bool = False) -> None:
+    def __init__(self, config: Config, *, leaves: LeafCache | None = None, show_secrets: bool = False, max_connections: int = 10_000) -> None:
         self.config = config
+        self.max_connections = max_connections  # client connections served at once; see connections.py
         self.table = RoutingTable(config.sites)
         self.leaves = leaves  # None: no HTTPS listener
         self.site_contexts = load_site_contexts(config)  # sites that bring their own certificate
@@ -133,8 +136,9 @@ class ProxyServer:
                 sock.close()
             raise
         self._forwarder = Forwarder(new_upstream_session(), self.book)
-        server = web.Server(
+        server = GuardedServer(
             self.handle,
+            max_connections=self.max_connections,
             handler_cancellation=True,  # a client that leaves cancels its upstream request
             access_log=None,  # the proxy writes its own access line, with the upstream in it
             auto_decompress=False,  # request bodies are forwarded as sent
@@ -291,6 +295,11 @@ class ProxyServer:
         dashboard_url = f"{scheme}://localhost:{port}/" if port else f"{scheme}://localhost/"
         if kind is HostKind.FOREIGN:
             return pages.bare_not_found()
+        refused = refusal(request.method, target, request.headers.items())
+        if refused is not None:
+            response = pages.problem_response(pages.Problem(refused.status, refused.title, refused.detail), accept, dashboard_url)
+            response.force_close()  # what follows on this connection cannot be trusted to be framed as meant
+            return response
         if kind is HostKind.OWN:
             return await self.dashboard.handle(request, target, accept, scheme, port, dashboard_url)
         self._start_capture(request, exchange, site)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import resource
 import re
 import shutil
 import signal
@@ -192,10 +193,16 @@ async def start_proxy(tmp_path: Path) -> AsyncIterator[ProxyFactory]:
     started: list[Proxy] = []
 
     async def start(
-        sites: dict[str, Any] | str, *args: str, http: str | None = "127.0.0.1:0", https: bool = False, env: dict[str, str] | None = None
+        sites: dict[str, Any] | str,
+        *args: str,
+        http: str | None = "127.0.0.1:0",
+        https: bool = False,
+        env: dict[str, str] | None = None,
+        open_file_limit: tuple[int, int] | None = None,
     ) -> Proxy:
         """http=None leaves --http out, so the file's `listen:` decides; https=True adds an HTTPS
-        listener on 127.0.0.1:0 with a fresh CA in the proxy's own temporary folder."""
+        listener on 127.0.0.1:0 with a fresh CA in the proxy's own temporary folder;
+        open_file_limit=(soft, hard) sets the proxy's RLIMIT_NOFILE (the test process keeps its own)."""
         folder = tmp_path / f"proxy{len(started)}"
         folder.mkdir()
         config = folder / "sites.yaml"
@@ -205,7 +212,8 @@ async def start_proxy(tmp_path: Path) -> AsyncIterator[ProxyFactory]:
         command = [sys.executable, "-m", "proxy", "run", "--config", str(config), *listen, *tls, *args]
         stdout = open(folder / "proxy.stdout", "wb")
         stderr = open(folder / "proxy.stderr", "wb")
-        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, cwd=folder, env={**os.environ, **(env or {})})
+        limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, open_file_limit)) if open_file_limit else None
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, cwd=folder, env={**os.environ, **(env or {})}, preexec_fn=limit)
         stdout.close()
         stderr.close()
         proxy = Proxy(folder, config, process)
