@@ -374,8 +374,16 @@ class _Parser:
             problem = " ".join(p for p in (exc.context, exc.problem) if p)
             self.errors.append(ConfigError(Mark(self.file, line, col), f"YAML syntax error: {problem}; check indentation and quoting on this line"))
             return None
+        except yaml.reader.ReaderError as exc:  # a control character: it knows its offset, not its line
+            offset = exc.position
+            if not (offset < len(text) and ord(text[offset]) == exc.character):  # libyaml counts UTF-8 bytes
+                offset = len(text.encode("utf-8")[:offset].decode("utf-8", "ignore"))
+            line = text.count("\n", 0, offset) + 1
+            col = offset - (text.rfind("\n", 0, offset) + 1) + 1
+            self.errors.append(ConfigError(Mark(self.file, line, col), f"unacceptable character #x{exc.character:04x} (a control character): remove it"))
+            return None
         except yaml.YAMLError as exc:
-            self.errors.append(ConfigError(Mark(self.file, 1, 1), f"YAML error: {exc}"))
+            self.errors.append(ConfigError(Mark(self.file, 1, 1), "YAML error: " + " ".join(str(exc).split())))
             return None
         if root is None or (isinstance(root, ScalarNode) and root.value == ""):
             self.errors.append(ConfigError(Mark(self.file, 1, 1), "the file is empty: add a `sites:` mapping, for example `sites: {app1: 3000}`"))
@@ -436,7 +444,7 @@ class _Parser:
                 if first_name == name:
                     self.error(key_node, f"duplicate key {name!r} (first at line {first.line}); YAML would keep only one, so remove or rename one")
                 else:
-                    self.error(key_node, f"{host} is already defined at line {first.line} ({first_name} and {name} are the same host); remove one of them")
+                    self.error(key_node, f"{host} is already defined at line {first.line} ({first_name!r} and {name!r} are the same host); remove one of them")
                 continue
             seen[host] = (name, mark)
             routes = self.parse_site_value(value_node)
@@ -528,6 +536,9 @@ class _Parser:
                 continue
             if "?" in raw or "#" in raw or "*" in raw:
                 self.error(key_node, f"route {raw!r} must be a plain path prefix (no ?, # or *); /api already covers /api/anything")
+                continue
+            if any(c.isspace() or not c.isprintable() for c in raw):
+                self.error(key_node, f"route {raw!r} contains a space or control character, which no request path can; percent-encode it (%20)")
                 continue
             prefix = raw.rstrip("/") or "/"
             if prefix in routes:

@@ -22,14 +22,25 @@ class HostKind(enum.Enum):
 
 
 def normalize_host(host_header: str) -> str:
-    """Return a Host header's name: lower case, no port, no trailing dot, IPv6 unbracketed."""
+    """Return a Host header's name: lower case, no port, no trailing dot, IPv6 unbracketed.
+
+    Idempotent: odd values ("x:80.", "a . ") are normalized until nothing changes, so every
+    caller that normalizes again gets the same name.
+    """
+    host = _normalize_once(host_header)
+    while (again := _normalize_once(host)) != host:  # after the first pass, every change shortens it: this ends
+        host = again
+    return host
+
+
+def _normalize_once(host_header: str) -> str:
     host = host_header.strip().lower()
     if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
+        return (host[1 : host.find("]")] if "]" in host else host).rstrip(".")
     name, sep, port = host.rpartition(":")
     if sep and port.isdigit() and ":" not in name:
         host = name
-    return host.rstrip(".")
+    return host.rstrip(".").strip()
 
 
 def is_local_name(host: str) -> bool:
