@@ -18,14 +18,20 @@ class Refusal:
     detail: str
 
 
-def refusal(method: str, target: str, headers: Iterable[tuple[str, str]]) -> Refusal | None:
+def refusal(method: str, target: str, version: tuple[int, int], headers: Iterable[tuple[str, str]]) -> Refusal | None:
     """Return why a request is answered by the proxy itself instead of forwarded, or None to forward it."""
+    if version not in ((1, 0), (1, 1)):
+        # llhttp reads HTTP/0.9 and HTTP/2.0 request lines; neither is spoken here.
+        return Refusal(505, "HTTP version not supported", f"HTTP/{version[0]}.{version[1]} is not spoken here; use HTTP/1.1.")
     if method == "CONNECT":
         return Refusal(405, "CONNECT is not supported", "This proxy routes requests by their Host name; it does not open tunnels.")
     if not target.startswith("/"):
         # Authority-form belongs to CONNECT and asterisk-form to OPTIONS *; neither names a path on a site.
         return Refusal(400, "Bad request target", f"The request target {target[:100]!r} is not a path starting with /.")
     codings = [value.strip().lower() for name, value in headers if name.lower() == "transfer-encoding"]
+    if codings and version < (1, 1):
+        # HTTP/1.0 has no chunked coding: such a message's framing is faulty (RFC 9112 6.1).
+        return Refusal(400, "Transfer-Encoding in HTTP/1.0", "An HTTP/1.0 request cannot be sent chunked; send it as HTTP/1.1 or with Content-Length.")
     if codings and codings != ["chunked"]:
         # A coding under chunked (gzip, chunked) would reach the app as if it were the plain body.
         return Refusal(501, "Transfer coding not supported", f"Transfer-Encoding: {', '.join(codings)[:100]} is not supported; send the body chunked or with Content-Length.")

@@ -10,6 +10,7 @@ import asyncio
 import errno
 import json
 import logging
+import os
 import socket
 import ssl
 import time
@@ -17,10 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from aiohttp import web
+from aiohttp import HttpVersion10, HttpVersion11, web
 
 from proxy.admission import refusal
-from proxy.config import Config, ListenAddress, Site, StaticRoot, Upstreams, format_host
+from proxy.config import Config, ListenAddress, certs_folder, Site, StaticRoot, Upstreams, format_host
 from proxy.connections import GuardedServer
 from proxy.dashboard import pages
 from proxy.dashboard.views import Dashboard
@@ -76,6 +77,7 @@ class ProxyServer:
         self.leaves = leaves  # None: no HTTPS listener
         self.site_contexts = load_site_contexts(config)  # sites that bring their own certificate
         self._config_error: str | None = None
+        self.private_paths = private_paths(config, leaves)
         self.book = UpstreamBook()
         self.requests = RequestLog()
         self.dashboard = Dashboard(self, show_secrets=show_secrets)
@@ -99,6 +101,7 @@ class ProxyServer:
         new_sites = [site for site in config.sites if site.host not in known]
         self.config, self.table, self.site_contexts, self._config_error = config, RoutingTable(config.sites), site_contexts, None
         _warn_about_names_outside_the_ca(new_sites, site_contexts, https=self.leaves is not None)
+        self.private_paths = private_paths(config, self.leaves)
         self.requests.counts.forget_except({site.host for site in config.sites})
         self.dashboard.sites_changed()
 
@@ -293,13 +296,17 @@ class ProxyServer:
         port = _local_port(request)
         scheme = "https" if request.secure else "http"
         dashboard_url = f"{scheme}://localhost:{port}/" if port else f"{scheme}://localhost/"
-        if kind is HostKind.FOREIGN:
-            return pages.bare_not_found()
-        refused = refusal(request.method, target, request.headers.items())
+        refused = refusal(request.method, target, request.version, request.headers.items())
         if refused is not None:
+            if request.version not in (HttpVersion10, HttpVersion11):
+                # The status line echoes the request's version; answer in the one the proxy speaks.
+                # (BaseRequest.version is a cached property: the cache is what the response reads.)
+                request._cache["version"] = HttpVersion11
             response = pages.problem_response(pages.Problem(refused.status, refused.title, refused.detail), accept, dashboard_url)
             response.force_close()  # what follows on this connection cannot be trusted to be framed as meant
             return response
+        if kind is HostKind.FOREIGN:
+            return pages.bare_not_found()
         if kind is HostKind.OWN:
             return await self.dashboard.handle(request, target, accept, scheme, port, dashboard_url)
         self._start_capture(request, exchange, site)
@@ -335,7 +342,7 @@ class ProxyServer:
             return await _answer_probe(route_target)
         if isinstance(route_target, StaticRoot):
             exchange.upstream = "static"
-            return await serve_static(request, route_target, match.target)
+            return await serve_static(request, route_target, match.target, self.private_paths)
         assert self._forwarder is not None
         via = passed + [site.host]
         if is_websocket_upgrade(request):
@@ -365,6 +372,17 @@ class ProxyServer:
             self.requests.add(exchange)
             if token and replay_of is not None:
                 self.dashboard.replay_started(token, exchange)
+
+
+def private_paths(config: Config, leaves: LeafCache | None) -> frozenset[str]:
+    """Return the resolved files and folders no static root may serve: the config, the CA's folder, sites' keys."""
+    paths = [config.file, certs_folder(config.file)]
+    if leaves is not None:
+        paths.append(os.path.dirname(leaves.ca.cert_path))
+    for site in config.sites:
+        if site.tls is not None:
+            paths += [site.tls.cert, site.tls.key]
+    return frozenset(os.path.realpath(p) for p in paths)
 
 
 def load_site_contexts(config: Config) -> dict[str, ssl.SSLContext]:

@@ -167,11 +167,15 @@ def _resolve_inside(root: Path, candidate: str) -> Path | None:
     return resolved if resolved.is_relative_to(root) else None
 
 
-def locate_file(root_path: str, path: StaticPath) -> Location:
-    """Return where a parsed path leads under root_path. Blocking: stats and resolves."""
+def locate_file(root_path: str, path: StaticPath, private: frozenset[str] = frozenset()) -> Location:
+    """Return where a parsed path leads under root_path. Blocking: stats and resolves.
+
+    `private` holds resolved paths never served whatever the root: the config file, the CA's
+    folder, sites' own keys and certificates (a root may be a parent of them).
+    """
     root = Path(os.path.realpath(root_path))
     resolved = _resolve_inside(root, os.path.join(root, *path.segments))
-    if resolved is None:
+    if resolved is None or _is_private(resolved, private):
         return Location(Found.REFUSED)
     try:
         st = os.stat(resolved)
@@ -181,7 +185,7 @@ def locate_file(root_path: str, path: StaticPath) -> Location:
         if not path.is_folder:
             return Location(Found.FOLDER_WITHOUT_SLASH)
         index = _resolve_inside(root, os.path.join(resolved, INDEX_FILE))
-        if index is None:
+        if index is None or _is_private(index, private):
             return Location(Found.REFUSED)
         return Location(Found.FILE, str(index)) if index.is_file() else Location(Found.MISSING)
     if stat.S_ISREG(st.st_mode) and not path.is_folder:
@@ -189,9 +193,13 @@ def locate_file(root_path: str, path: StaticPath) -> Location:
     return Location(Found.MISSING)  # "file.txt/", sockets, FIFOs, devices
 
 
-def locate_spa_index(root_path: str) -> Location:
+def _is_private(resolved: Path, private: frozenset[str]) -> bool:
+    return any(resolved.is_relative_to(p) for p in private)
+
+
+def locate_spa_index(root_path: str, private: frozenset[str] = frozenset()) -> Location:
     """Return the root's index.html, which an SPA serves for its client-side routes."""
-    return locate_file(root_path, StaticPath((), True, ""))
+    return locate_file(root_path, StaticPath((), True, ""), private)
 
 
 # ---------------------------------------------------------------- the handler
@@ -203,8 +211,10 @@ def static_error(status: int, detail: str) -> web.Response:
     return web.Response(status=status, text=f"{status} {reason}: {detail}\n")
 
 
-async def serve_static(request: web.BaseRequest, root: StaticRoot, target: str) -> web.StreamResponse:
-    """Return the response for `target` (the raw request target, path?query, percent-encoded as received, already stripped of any route prefix) served from root."""
+async def serve_static(request: web.BaseRequest, root: StaticRoot, target: str, private: frozenset[str] = frozenset()) -> web.StreamResponse:
+    """Return the response for `target` (the raw request target, path?query, percent-encoded as received, already stripped of any route prefix) served from root.
+
+    Nothing under a path in `private` is served (see locate_file)."""
     if request.method not in ALLOWED_METHODS:
         response = static_error(405, f"{request.method} is not allowed on static files; use GET or HEAD")
         response.headers["Allow"] = ", ".join(ALLOWED_METHODS)
@@ -214,12 +224,12 @@ async def serve_static(request: web.BaseRequest, root: StaticRoot, target: str) 
         return static_error(parsed.status, parsed.detail)
 
     loop = asyncio.get_running_loop()
-    location = await loop.run_in_executor(None, locate_file, root.path, parsed)
+    location = await loop.run_in_executor(None, locate_file, root.path, parsed, private)
     if location.found is Found.FOLDER_WITHOUT_SLASH:
         return _folder_redirect(request, parsed)
     # Client-side routes like /users/42 have no extension; /missing.js is a real miss.
     if location.found is Found.MISSING and root.spa and not parsed.has_extension:
-        location = await loop.run_in_executor(None, locate_spa_index, root.path)
+        location = await loop.run_in_executor(None, locate_spa_index, root.path, private)
     if location.found is not Found.FILE or location.file is None:
         return static_error(404, "no such file")
 

@@ -19,7 +19,7 @@ from proxy.admission import refusal
     ],
 )
 def test_refused(method: str, target: str, headers: list[tuple[str, str]], status: int) -> None:
-    refused = refusal(method, target, headers)
+    refused = refusal(method, target, (1, 1), headers)
     assert refused is not None and refused.status == status and refused.detail
 
 
@@ -33,4 +33,16 @@ def test_refused(method: str, target: str, headers: list[tuple[str, str]], statu
     ],
 )
 def test_forwarded(method: str, target: str, headers: list[tuple[str, str]]) -> None:
-    assert refusal(method, target, headers) is None
+    assert refusal(method, target, (1, 1), headers) is None
+    assert refusal(method, target, (1, 0), [h for h in headers if h[0].lower() != "transfer-encoding"]) is None
+
+
+@pytest.mark.parametrize("version", [(0, 9), (2, 0), (1, 2)])
+def test_only_http_1_is_spoken(version: tuple[int, int]) -> None:
+    refused = refusal("GET", "/", version, [])
+    assert refused is not None and refused.status == 505
+
+
+def test_http_1_0_cannot_be_chunked() -> None:
+    refused = refusal("POST", "/", (1, 0), [("Transfer-Encoding", "chunked")])
+    assert refused is not None and refused.status == 400
