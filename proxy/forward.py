@@ -14,7 +14,7 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -23,7 +23,7 @@ from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 from proxy.config import Upstream, Upstreams
-from proxy.headers import request_headers_for_upstream, response_headers_for_client
+from proxy.headers import request_headers_for_upstream, response_head_problem, response_headers_for_client
 from proxy.inspector import Exchange
 from proxy.routing import RouteMatch
 from proxy.upstreams import UpstreamBook
@@ -77,9 +77,27 @@ class LoopbackResolver(AbstractResolver):
         await self._default.close()
 
 
+class _CleanPoolConnector(aiohttp.TCPConnector):
+    """A pool that never hands out a connection holding bytes nobody asked for.
+
+    An app that writes a second response after its answer (late, or unasked) leaves it queued
+    on the idle connection, and aiohttp would read it as the answer to the next request sent
+    there, from whichever client. Such a connection is closed instead of reused.
+    """
+
+    async def _get(self, key: Any, traces: list[Any]) -> Any:
+        for _ in range(1000):  # bounded: each pass closes one pooled connection
+            connection = await super()._get(key, traces)
+            protocol = connection.protocol if connection is not None else None
+            if connection is None or protocol is None or not protocol.should_close:
+                return connection
+            connection.close()
+        return None
+
+
 def new_upstream_session() -> aiohttp.ClientSession:
     """Return the pooled client every upstream request goes through."""
-    connector = aiohttp.TCPConnector(
+    connector = _CleanPoolConnector(
         limit=0,  # a dev server behind a busy page gets as many connections as the browser opens
         resolver=LoopbackResolver(),
         keepalive_timeout=UPSTREAM_IDLE_TIMEOUT,
@@ -127,7 +145,18 @@ class _RequestBody:
 
 
 def _raw_headers(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
-    return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw]
+    return [(n.decode("latin-1"), _field_value(v)) for n, v in raw]
+
+
+def _field_value(raw: bytes) -> str:
+    """Decode a field value so that aiohttp's writer (which encodes UTF-8) sends the same bytes on.
+
+    Valid UTF-8 (the common obs-text) passes byte for byte; other bytes fall back to Latin-1.
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 def describe_failure(exc: BaseException, upstream: Upstream, timeout: float) -> UpstreamFailure:
@@ -251,6 +280,10 @@ class Forwarder:
             return reached
         upstream, upstream_response = reached
         exchange.upstream = upstream.authority
+        problem = response_head_problem(upstream_response.status, _raw_headers(upstream_response.raw_headers))
+        if problem is not None:
+            upstream_response.close()  # the connection is not reused: what follows on it cannot be trusted
+            return UpstreamFailure(502, f"the app sent {problem}", "The proxy does not pass on a response it cannot frame unambiguously; check the app's response code.", upstream.tried_addresses, upstream)
         return await self._relay_response(request, upstream_response, exchange)
 
     async def _relay_response(self, request: web.BaseRequest, upstream_response: aiohttp.ClientResponse, exchange: Exchange) -> web.StreamResponse:

@@ -102,6 +102,25 @@ def sites_passed(headers: Iterable[tuple[str, str]]) -> list[str]:
     return names
 
 
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def response_head_problem(status: int, headers: Sequence[tuple[str, str]]) -> str | None:
+    """Return what makes an upstream response head unsafe to relay (a phrase after "the app sent"), or None.
+
+    The client parser is lenient where a proxy must not be (RFC 9112 5.1, 6.1): what it lets
+    through here would reach the browser framed differently from how the app meant it.
+    """
+    if not 200 <= status <= 599:  # 1xx interim answers are consumed by the client; 101 only for WebSockets
+        return f"the status code {status}, which cannot answer this request"
+    for name, value in headers:
+        if not name or not _TOKEN_CHARS.issuperset(name):
+            return f"a malformed header name {name[:60]!r}"
+        if name.lower() == "transfer-encoding" and value.rsplit(",", 1)[-1].strip().lower() != "chunked":
+            return f"Transfer-Encoding: {value[:60]}, a coding the proxy does not pass on"
+    return None
+
+
 def response_headers_for_client(headers: Iterable[tuple[str, str]]) -> Headers:
     """Return an upstream response's headers as the client should see them."""
     return strip_hop_by_hop(headers)
