@@ -7,8 +7,12 @@ What it accepts but a proxy must not pass on is checked here.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+# RFC 9112 3.2 / RFC 3986 3.2.2: an IP literal or a reg-name, then an optional port.
+_HOST_SYNTAX = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(:[0-9]*)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,11 +22,16 @@ class Refusal:
     detail: str
 
 
-def refusal(method: str, target: str, version: tuple[int, int], headers: Iterable[tuple[str, str]]) -> Refusal | None:
-    """Return why a request is answered by the proxy itself instead of forwarded, or None to forward it."""
+def refusal(method: str, target: str, version: tuple[int, int], host: str, headers: Iterable[tuple[str, str]]) -> Refusal | None:
+    """Return why a request is answered by the proxy itself instead of forwarded, or None to forward it.
+
+    `host` is the name the request is routed by: its Host header, or an absolute-form target's authority.
+    """
     if version not in ((1, 0), (1, 1)):
         # llhttp reads HTTP/0.9 and HTTP/2.0 request lines; neither is spoken here.
         return Refusal(505, "HTTP version not supported", f"HTTP/{version[0]}.{version[1]} is not spoken here; use HTTP/1.1.")
+    if not _HOST_SYNTAX.fullmatch(host):
+        return Refusal(400, "Bad Host", f"The Host {host[:100]!r} is not a host name with an optional :port.")
     if method == "CONNECT":
         return Refusal(405, "CONNECT is not supported", "This proxy routes requests by their Host name; it does not open tunnels.")
     if not target.startswith("/"):

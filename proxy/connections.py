@@ -14,7 +14,7 @@ import logging
 import resource
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.web_protocol import RequestHandler
 
 log = logging.getLogger("proxy")
@@ -44,6 +44,7 @@ def connection_cap(open_file_limit: int) -> int:
 
 
 _BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 52\r\nConnection: close\r\n\r\nlocalhost-proxy has too many open connections; retry\n"
+_MALFORMED_BODY = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 40\r\nConnection: close\r\n\r\nthe request body broke its chunked form\n"
 _SLOW = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nContent-Length: 48\r\nConnection: close\r\n\r\nthe request head took too long to arrive; retry\n"
 
 
@@ -94,7 +95,11 @@ class GuardedConnection(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._is_refused:
             return
+        queued = len(self._messages)
         super().data_received(data)
+        if self._current_request is not None and len(self._messages) > queued and type(self._messages[-1][0]).__name__ == "_ErrInfo":
+            self._end_malformed_body(self._current_request)
+            return
         if self._messages or self._force_close or self._current_request is not None:
             self._cancel_head_deadline()  # a head is complete, or a body is streaming in
         elif self._head_deadline is None:
@@ -108,10 +113,30 @@ class GuardedConnection(RequestHandler):
             self.force_close()
             transport.close()
 
+    def _end_malformed_body(self, request: web.BaseRequest) -> None:
+        """A request body broke its framing while streaming upstream: answer 400 if nothing was sent yet, and close.
+
+        aiohttp queues the parse error for after the current request, whose body stream would
+        then wait forever; closing the connection cancels the handler and its upstream request.
+        """
+        transport = self.transport
+        if transport is None:
+            return
+        log.info("closed a connection from %s: its request body broke its chunked framing", self.peername[0] if self.peername else "?")
+        if request.writer.output_size == 0:
+            transport.write(_MALFORMED_BODY)
+        self.force_close()
+        transport.close()
+
     def _cancel_head_deadline(self) -> None:
         if self._head_deadline is not None:
             self._head_deadline.cancel()
             self._head_deadline = None
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None) -> web.StreamResponse:
+        # aiohttp answers a request it could not parse in HTTP/1.0; a server sends its own version (RFC 9110 6.2).
+        request._cache["version"] = HttpVersion11
+        return super().handle_error(request, status, exc, message)
 
     def log_exception(self, *args: Any, **kwargs: Any) -> None:
         """Malformed requests get one line; anything else keeps its traceback."""

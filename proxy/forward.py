@@ -222,12 +222,14 @@ class Forwarder:
             stream.is_ending = True
         await asyncio.gather(*(s.end() for s in streams), return_exceptions=True)
 
-    def _headers(self, request: web.BaseRequest, upstreams: Upstreams, upstream: Upstream, via: list[str], proto: str, *, websocket: bool = False) -> list[tuple[str, str]]:
+    def _headers(
+        self, request: web.BaseRequest, routed_host: str, upstreams: Upstreams, upstream: Upstream, via: list[str], proto: str, *, websocket: bool = False
+    ) -> list[tuple[str, str]]:
         return request_headers_for_upstream(
             _raw_headers(request.raw_headers),
             client_ip=request.remote or "",
             proto=proto,
-            host_header=request.headers.get("Host", ""),
+            host_header=routed_host,
             upstream_host=None if upstreams.preserve_host else upstream.authority,
             via=via,
             websocket=websocket,
@@ -267,7 +269,7 @@ class Forwarder:
             return await self.session.request(
                 request.method,
                 URL(f"{upstream}{match.target}", encoded=True),
-                headers=self._headers(request, upstreams, upstream, via, proto),
+                headers=self._headers(request, exchange.host_header, upstreams, upstream, via, proto),
                 data=body.chunks() if body else None,
                 allow_redirects=False,
                 ssl=upstreams.should_verify(upstream),
@@ -336,7 +338,7 @@ class Forwarder:
                 async with asyncio.timeout(upstreams.connect_timeout):
                     return await self.session.ws_connect(
                         URL(f"{scheme}://{upstream.authority}{match.target}", encoded=True),
-                        headers=self._headers(request, upstreams, upstream, via, proto, websocket=True),
+                        headers=self._headers(request, exchange.host_header, upstreams, upstream, via, proto, websocket=True),
                         protocols=offered,
                         autoclose=False,
                         autoping=False,  # pings and pongs travel end to end

@@ -65,17 +65,17 @@ def request_headers_for_upstream(
 ) -> Headers:
     """Return the headers to send upstream for a client request.
 
-    `upstream_host` replaces Host when the site does not preserve it; `via` is the list of
+    The upstream gets `Host: host_header` (the name the request was routed by, which for an
+    absolute-form target is the target's authority, RFC 9112 3.2.2), or `upstream_host` when the
+    site does not preserve it; `via` is the list of
     sites this request has now passed through (see LOOP_HEADER).
     """
     drop = FORWARDED_BY_US | {"expect", LOOP_HEADER.lower(), REPLAY_HEADER.lower()}
     if websocket:
         drop |= WEBSOCKET_HANDSHAKE
-    if upstream_host is not None:
-        drop |= {"host"}
+    drop |= {"host"}
     out = [(n, v) for n, v in strip_hop_by_hop(headers) if n.lower() not in drop]
-    if upstream_host is not None:
-        out.insert(0, ("Host", upstream_host))
+    out.insert(0, ("Host", upstream_host if upstream_host is not None else host_header))
     out += [
         ("X-Forwarded-For", client_ip),
         ("X-Forwarded-Proto", proto),

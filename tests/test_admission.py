@@ -19,7 +19,7 @@ from proxy.admission import refusal
     ],
 )
 def test_refused(method: str, target: str, headers: list[tuple[str, str]], status: int) -> None:
-    refused = refusal(method, target, (1, 1), headers)
+    refused = refusal(method, target, (1, 1), "app1.localhost", headers)
     assert refused is not None and refused.status == status and refused.detail
 
 
@@ -33,16 +33,27 @@ def test_refused(method: str, target: str, headers: list[tuple[str, str]], statu
     ],
 )
 def test_forwarded(method: str, target: str, headers: list[tuple[str, str]]) -> None:
-    assert refusal(method, target, (1, 1), headers) is None
-    assert refusal(method, target, (1, 0), [h for h in headers if h[0].lower() != "transfer-encoding"]) is None
+    assert refusal(method, target, (1, 1), "app1.localhost:7080", headers) is None
+    assert refusal(method, target, (1, 0), "app1.localhost", [h for h in headers if h[0].lower() != "transfer-encoding"]) is None
 
 
 @pytest.mark.parametrize("version", [(0, 9), (2, 0), (1, 2)])
 def test_only_http_1_is_spoken(version: tuple[int, int]) -> None:
-    refused = refusal("GET", "/", version, [])
+    refused = refusal("GET", "/", version, "localhost", [])
     assert refused is not None and refused.status == 505
 
 
 def test_http_1_0_cannot_be_chunked() -> None:
-    refused = refusal("POST", "/", (1, 0), [("Transfer-Encoding", "chunked")])
+    refused = refusal("POST", "/", (1, 0), "localhost", [("Transfer-Encoding", "chunked")])
     assert refused is not None and refused.status == 400
+
+
+@pytest.mark.parametrize("host", ["app1.localhost evil", "app1.localhost, other.localhost", "x@app1.localhost", "app1.localhost/x", "app1.localhost:abc", "a\tb"])
+def test_a_host_that_is_not_a_host_name_is_refused(host: str) -> None:
+    refused = refusal("GET", "/", (1, 1), host, [])
+    assert refused is not None and refused.status == 400
+
+
+@pytest.mark.parametrize("host", ["app1.localhost", "APP1.localhost:7080", "[::1]:7080", "127.0.0.1", "app1.localhost.", "xn--bcher-kva.localhost", ""])
+def test_host_names_pass(host: str) -> None:
+    assert refusal("GET", "/", (1, 1), host, []) is None
