@@ -42,10 +42,9 @@ async def slow_upstream() -> AsyncIterator[TestServer]:
 
     async def answer(request: web.Request) -> web.Response:
         await asyncio.sleep(float(request.query.get("wait", "0")))
-        return web.Response(text=f"{request.app['name']} {request.path_qs}")
+        return web.Response(text=f"old {request.path_qs}")
 
     app = web.Application()
-    app["name"] = "old"
     app.router.add_get("/{tail:.*}", answer)
     server = TestServer(app, host="127.0.0.1")
     async with server:
