@@ -281,13 +281,13 @@ class ProxyServer:
         if exchange.status == 200 and exchange.response_body.size > 64:  # only old webpack refuses with a 200, in a few bytes
             return
         content_type = next((v.decode("latin-1") for n, v in exchange.response_headers if n.lower() == b"content-type"), "")
-        refusal = detect_host_refusal(exchange.status, content_type, bytes(exchange.response_body.data), exchange.host_header)
-        if refusal is None:
+        refused_host = detect_host_refusal(exchange.status, content_type, bytes(exchange.response_body.data), exchange.host_header)
+        if refused_host is None:
             return
-        exchange.hint = refusal.hint
-        if (exchange.site, refusal.hint) not in self._hinted and len(self._hinted) < 1000:
-            self._hinted.add((exchange.site, refusal.hint))
-            log.warning("%s: %s", exchange.site, refusal.hint)
+        exchange.hint = refused_host.hint
+        if (exchange.site, refused_host.hint) not in self._hinted and len(self._hinted) < 1000:
+            self._hinted.add((exchange.site, refused_host.hint))
+            log.warning("%s: %s", exchange.site, refused_host.hint)
 
     async def _dispatch(self, request: web.BaseRequest, host_header: str, target: str, exchange: Exchange) -> web.StreamResponse:
         config, table = self.config, self.table  # one table for the whole request, even across a reload
