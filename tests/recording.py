@@ -373,3 +373,30 @@ async def send(
             async with asyncio.timeout(WAIT):
                 await writer.wait_closed()
     return Reply(bytes(received), closed, await parse_responses(bytes(received)))
+
+
+@dataclass
+class Rig:
+    """A module's shared proxy process and the recording backend behind app1.localhost."""
+
+    proxy: Proxy
+    backend: RecordingBackend
+
+
+@contextlib.asynccontextmanager
+async def app1_rig(folder: Path) -> AsyncIterator[Rig]:
+    """Run a recording backend and a proxy routing app1.localhost to it, for a whole test module."""
+    async with recording_backend() as backend, proxy_process(folder, {"app1": f"127.0.0.1:{backend.port}"}) as proxy:
+        yield Rig(proxy, backend)
+
+
+def assert_alive(proxy: Proxy) -> None:
+    """Fail a test up front when the module's shared proxy died during an earlier one."""
+    assert proxy.process.poll() is None, f"the proxy died during an earlier test:\n{proxy.stderr()[-3000:]}"
+
+
+def fresh(rig: Rig) -> Rig:
+    """Return the shared rig for the next test: the proxy checked alive, the backend's record cleared."""
+    assert_alive(rig.proxy)
+    rig.backend.clear()
+    return rig

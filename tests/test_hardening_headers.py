@@ -25,15 +25,13 @@ import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import suppress
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-from tests.conftest import Proxy
 from tests.rawhttp import connection, read_response
-from tests.recording import WAIT, WS_GUID, RecordingBackend, Reply, proxy_process, read_for, recording_backend, send, websocket_accept
+from tests.recording import WAIT, WS_GUID, Reply, Rig, app1_rig, fresh, proxy_process, read_for, recording_backend, send, websocket_accept
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -46,23 +44,15 @@ FORWARDED_BY_PROXY = {
 }
 
 
-@dataclass
-class Rig:
-    proxy: Proxy
-    backend: RecordingBackend  # behind app1.localhost
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
-    async with recording_backend() as backend, proxy_process(tmp_path_factory.mktemp("hardening-headers"), {"app1": f"127.0.0.1:{backend.port}"}) as proxy:
-        yield Rig(proxy, backend)
+    async with app1_rig(tmp_path_factory.mktemp("hardening-headers")) as rig:
+        yield rig
 
 
 @pytest.fixture
 def rig(shared: Rig) -> Rig:
-    assert shared.proxy.process.poll() is None, f"the proxy died during an earlier test:\n{shared.proxy.stderr()[-3000:]}"
-    shared.backend.clear()
-    return shared
+    return fresh(shared)
 
 
 def request(*fields: str, method: str = "GET", target: str = "/", body: bytes = b"") -> bytes:

@@ -23,7 +23,7 @@ import pytest_asyncio
 
 from tests.conftest import Proxy
 from tests.rawhttp import connection
-from tests.recording import WAIT, RecordingBackend, proxy_process, read_for, recording_backend, send
+from tests.recording import WAIT, RecordingBackend, assert_alive, proxy_process, read_for, recording_backend, send
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -58,7 +58,7 @@ async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]
 
 @pytest.fixture
 def rig(shared: Rig) -> Rig:
-    assert shared.proxy.process.poll() is None, f"the proxy died during an earlier test:\n{shared.proxy.stderr()[-3000:]}"
+    assert_alive(shared.proxy)
     shared.app.clear()
     shared.stranger.clear()
     shared.app_accepts, shared.stranger_accepts = shared.app.accepts, shared.stranger.accepts
