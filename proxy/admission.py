@@ -8,7 +8,7 @@ What it accepts but a proxy must not pass on is checked here.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 # RFC 9112 3.2 / RFC 3986 3.2.2: an IP literal or a reg-name, then an optional port.
@@ -22,10 +22,11 @@ class Refusal:
     detail: str
 
 
-def refusal(method: str, target: str, version: tuple[int, int], host: str, headers: Iterable[tuple[str, str]]) -> Refusal | None:
+def refusal(method: str, target: str, version: tuple[int, int], host: str, transfer_encodings: Sequence[str]) -> Refusal | None:
     """Return why a request is answered by the proxy itself instead of forwarded, or None to forward it.
 
-    `host` is the name the request is routed by: its Host header, or an absolute-form target's authority.
+    `host` is the name the request is routed by: its Host header, or an absolute-form target's
+    authority; `transfer_encodings` the values of its Transfer-Encoding fields.
     """
     if version not in ((1, 0), (1, 1)):
         # llhttp reads HTTP/0.9 and HTTP/2.0 request lines; neither is spoken here.
@@ -37,7 +38,7 @@ def refusal(method: str, target: str, version: tuple[int, int], host: str, heade
     if not target.startswith("/"):
         # Authority-form belongs to CONNECT and asterisk-form to OPTIONS *; neither names a path on a site.
         return Refusal(400, "Bad request target", f"The request target {target[:100]!r} is not a path starting with /.")
-    codings = [value.strip().lower() for name, value in headers if name.lower() == "transfer-encoding"]
+    codings = [value.strip().lower() for value in transfer_encodings]
     if codings and version < (1, 1):
         # HTTP/1.0 has no chunked coding: such a message's framing is faulty (RFC 9112 6.1).
         return Refusal(400, "Transfer-Encoding in HTTP/1.0", "An HTTP/1.0 request cannot be sent chunked; send it as HTTP/1.1 or with Content-Length.")

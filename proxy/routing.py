@@ -72,7 +72,9 @@ class RoutingTable:
 
     def match_site(self, host_header: str) -> Site | None:
         """Return the site for a Host header: the exact name, else the most specific wildcard."""
-        host = normalize_host(host_header)
+        return self._match_normalized(normalize_host(host_header))
+
+    def _match_normalized(self, host: str) -> Site | None:
         if (site := self._exact.get(host)) is not None:
             return site
         if not self._wildcards:
@@ -88,7 +90,7 @@ class RoutingTable:
         host = normalize_host(host_header)
         if host in OWN_HOSTS:
             return HostKind.OWN, None
-        site = self.match_site(host)
+        site = self._match_normalized(host)
         if site is not None:
             return HostKind.SITE, site
         return (HostKind.LOCAL if is_local_name(host) else HostKind.FOREIGN), None

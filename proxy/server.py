@@ -296,7 +296,7 @@ class ProxyServer:
         port = _local_port(request)
         scheme = "https" if request.secure else "http"
         dashboard_url = f"{scheme}://localhost:{port}/" if port else f"{scheme}://localhost/"
-        refused = refusal(request.method, target, request.version, host_header, request.headers.items())
+        refused = refusal(request.method, target, request.version, host_header, request.headers.getall("Transfer-Encoding", ()))
         if refused is not None:
             if request.version not in (HttpVersion10, HttpVersion11):
                 # The status line echoes the request's version; answer in the one the proxy speaks.

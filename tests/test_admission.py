@@ -7,6 +7,10 @@ import pytest
 from proxy.admission import refusal
 
 
+def codings(headers: list[tuple[str, str]]) -> list[str]:
+    return [value for name, value in headers if name.lower() == "transfer-encoding"]
+
+
 @pytest.mark.parametrize(
     ("method", "target", "headers", "status"),
     [
@@ -19,7 +23,7 @@ from proxy.admission import refusal
     ],
 )
 def test_refused(method: str, target: str, headers: list[tuple[str, str]], status: int) -> None:
-    refused = refusal(method, target, (1, 1), "app1.localhost", headers)
+    refused = refusal(method, target, (1, 1), "app1.localhost", codings(headers))
     assert refused is not None and refused.status == status and refused.detail
 
 
@@ -33,8 +37,8 @@ def test_refused(method: str, target: str, headers: list[tuple[str, str]], statu
     ],
 )
 def test_forwarded(method: str, target: str, headers: list[tuple[str, str]]) -> None:
-    assert refusal(method, target, (1, 1), "app1.localhost:7080", headers) is None
-    assert refusal(method, target, (1, 0), "app1.localhost", [h for h in headers if h[0].lower() != "transfer-encoding"]) is None
+    assert refusal(method, target, (1, 1), "app1.localhost:7080", codings(headers)) is None
+    assert refusal(method, target, (1, 0), "app1.localhost", []) is None
 
 
 @pytest.mark.parametrize("version", [(0, 9), (2, 0), (1, 2)])
@@ -44,7 +48,7 @@ def test_only_http_1_is_spoken(version: tuple[int, int]) -> None:
 
 
 def test_http_1_0_cannot_be_chunked() -> None:
-    refused = refusal("POST", "/", (1, 0), "localhost", [("Transfer-Encoding", "chunked")])
+    refused = refusal("POST", "/", (1, 0), "localhost", ["chunked"])
     assert refused is not None and refused.status == 400
 
 
