@@ -251,10 +251,12 @@ class ProxyServer:
         try:
             response = await self._dispatch(request, host_header, target, exchange)
             if not exchange.status:  # the proxy's own answer (error page, redirect, file): relay_response did not see it
-                exchange.response_started(response.status, response.reason or "", _raw(response.headers))
-                if isinstance(response, web.Response) and isinstance(response.body, bytes):
-                    exchange.response_body.feed(response.body)
-                    exchange.response_body.is_complete = True
+                exchange.status = response.status
+                if exchange.is_inspected:
+                    exchange.response_started(response.status, response.reason or "", _raw(response.headers))
+                    if isinstance(response, web.Response) and isinstance(response.body, bytes):
+                        exchange.response_body.feed(response.body)
+                        exchange.response_body.is_complete = True
             return response
         except asyncio.CancelledError:
             exchange.note = exchange.note or "client went away; upstream request cancelled"
