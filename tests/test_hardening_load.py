@@ -22,6 +22,7 @@ from tests.rawhttp import http_request, read_response
 
 MiB = 1024 * 1024
 CONNECTIONS = 1000
+ARRIVED = web.AppKey("arrived", list[str])
 
 
 @pytest.fixture(autouse=True)
@@ -41,10 +42,12 @@ async def slow_upstream() -> AsyncIterator[TestServer]:
     """Answers every request after `?wait=` seconds, so many requests are in flight at once."""
 
     async def answer(request: web.Request) -> web.Response:
+        request.app[ARRIVED].append(request.path_qs)
         await asyncio.sleep(float(request.query.get("wait", "0")))
         return web.Response(text=f"old {request.path_qs}")
 
     app = web.Application()
+    app[ARRIVED] = []
     app.router.add_get("/{tail:.*}", answer)
     server = TestServer(app, host="127.0.0.1")
     async with server:
@@ -130,11 +133,14 @@ async def test_200_requests_in_flight_across_a_reload_are_all_answered(
         async with aiohttp.ClientSession(connector=connector) as many:
 
             async def fetch(i: int) -> tuple[int, str]:
-                async with many.get(f"{proxy.base}/flight/{i}?wait=2", headers={"Host": "app1.localhost"}) as resp:
+                async with many.get(f"{proxy.base}/flight/{i}?wait=3", headers={"Host": "app1.localhost"}) as resp:
                     return resp.status, await resp.text()
 
             in_flight = [asyncio.create_task(fetch(i)) for i in range(200)]
-            await asyncio.sleep(0.5)  # all 200 are now waiting on the old upstream
+            arrived = slow_upstream.app[ARRIVED]
+            async with asyncio.timeout(10):
+                while len(arrived) < 200:  # wait until all 200 are held by the old upstream, however slow the machine
+                    await asyncio.sleep(0.02)
             write_sites(proxy.config, {"app1": f"127.0.0.1:{new_upstream.port}"})
             async with asyncio.timeout(10):
                 while True:  # the reload has happened once a new request reaches the new upstream
@@ -145,4 +151,4 @@ async def test_200_requests_in_flight_across_a_reload_are_all_answered(
             assert not any(task.done() for task in in_flight), "the reload came after the requests finished: this proves nothing"
             async with asyncio.timeout(20):
                 results = await asyncio.gather(*in_flight)
-    assert results == [(200, f"old /flight/{i}?wait=2") for i in range(200)]
+    assert results == [(200, f"old /flight/{i}?wait=3") for i in range(200)]
