@@ -9,9 +9,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from collections.abc import Callable
 
-from watchdog.events import EVENT_TYPE_CLOSED_NO_WRITE, EVENT_TYPE_OPENED, FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    EVENT_TYPE_CLOSED_NO_WRITE,
+    EVENT_TYPE_OPENED,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 
 from proxy.changes import describe_changes
@@ -24,6 +35,12 @@ log = logging.getLogger("proxy")
 # Editors save in bursts (truncate + write, temp + rename, backup + delete): wait for quiet.
 DEBOUNCE_SECONDS = 0.2
 _READ_ONLY_EVENTS = frozenset({EVENT_TYPE_OPENED, EVENT_TYPE_CLOSED_NO_WRITE})
+# The events a save can cause. The watch is on the whole folder, and other files there (a log the
+# proxy or a dev server appends to) may change thousands of times a second: each write would wake
+# the watcher thread, which then competes with the event loop for the GIL. On Linux a save is seen
+# by its close-after-write, so inotify is not even asked for plain writes (IN_MODIFY); elsewhere
+# (FSEvents, kqueue) a save may arrive as "modified" only.
+_SAVE_EVENTS = [FileClosedEvent, FileCreatedEvent, FileDeletedEvent, FileMovedEvent] + ([] if sys.platform.startswith("linux") else [FileModifiedEvent])
 
 
 class Reloader:
@@ -126,7 +143,7 @@ class ConfigWatcher(FileSystemEventHandler):
         self._timer: asyncio.TimerHandle | None = None
         self._observer = Observer()
         for folder in {os.path.dirname(p) for p in self._paths}:
-            self._observer.schedule(self, folder, recursive=False)
+            self._observer.schedule(self, folder, recursive=False, event_filter=_SAVE_EVENTS)
 
     def start(self) -> None:
         self._observer.start()

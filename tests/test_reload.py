@@ -14,6 +14,7 @@ import asyncio
 import os
 import re
 import signal
+import sys
 import socket
 import textwrap
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,7 @@ import pytest
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from proxy.reload import ConfigWatcher
 from tests.conftest import LISTENING, Proxy, ProxyFactory, free_port
 from tests.rawhttp import EchoUpstream
 
@@ -627,3 +629,36 @@ async def test_listen_in_the_file_is_ignored_when_http_is_given_on_the_command_l
     assert LISTENING.findall(proxy.stdout()) == proxy.urls, proxy.stdout()
     await assert_routed(client, proxy, "app1.localhost", upstream_a)
     assert_healthy(proxy)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify: elsewhere a save may only be seen as a plain write")
+async def test_writes_to_other_files_in_the_folder_do_not_wake_the_watcher(tmp_path: Path) -> None:
+    """A log appended to next to sites.yaml must not cost the proxy a thread wake-up per write."""
+    config = tmp_path / "sites.yaml"
+    config.write_text("sites:\n  app1: 3000\n")
+    seen: list[FileSystemEvent] = []
+    reloads: list[None] = []
+
+    class CountingWatcher(ConfigWatcher):
+        def on_any_event(self, event: FileSystemEvent) -> None:
+            seen.append(event)
+            super().on_any_event(event)
+
+    watcher = CountingWatcher(str(config), asyncio.get_running_loop(), lambda: reloads.append(None))
+    watcher.start()
+    try:
+        with open(tmp_path / "app.log", "a") as log_file:  # held open, as a logger holds its file
+            for i in range(200):
+                log_file.write(f"line {i}\n")
+                log_file.flush()
+        await asyncio.sleep(0.5)
+        about_the_log = [e.event_type for e in seen if os.fsdecode(e.src_path).endswith("app.log")]
+        assert len(about_the_log) <= 2, about_the_log  # created and closed, not one per write
+        config.write_text("sites:\n  app1: 3001\n")  # a save is still seen
+        for _ in range(50):
+            if reloads:
+                break
+            await asyncio.sleep(0.05)
+        assert reloads, "the save of sites.yaml was not noticed"
+    finally:
+        watcher.stop()
