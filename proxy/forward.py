@@ -13,7 +13,7 @@ import functools
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -27,15 +27,23 @@ from yarl import URL
 from proxy.config import Upstream, Upstreams
 from proxy.headers import request_headers_for_upstream, response_head_problem, response_headers_for_client
 from proxy.inspector import Exchange
+from proxy.relay import RelayedResponse, serialize_fields
 from proxy.routing import RouteMatch
+from proxy.upstream_client import (
+    IDEMPOTENT_METHODS,
+    UPSTREAM_IDLE_TIMEOUT,
+    ResponseHead,
+    UpstreamClosed,
+    UpstreamConnection,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamProtocolError,
+)
 from proxy.upstreams import UpstreamBook
 
 log = logging.getLogger("proxy")
 T = TypeVar("T")
 
-# Idle pooled upstream connections close before the dev server closes them (Node and uvicorn
-# drop idle keep-alive connections after 5 s), so a request rarely meets a stale one.
-UPSTREAM_IDLE_TIMEOUT = 4.0
 # Close code for "going away": the proxy is shutting down (RFC 6455 7.4.1).
 WS_GOING_AWAY = 1001
 # Codes that may not be sent in a close frame (RFC 6455 7.4.1); replaced by a normal close.
@@ -164,19 +172,67 @@ class _RequestBody:
         self._tap.is_complete = True
 
 
-def _raw_headers(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
+def _wire_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """Decode fields one character per byte (Latin-1): serialize_fields writes back exactly the bytes read."""
+    return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw]
+
+
+def _aiohttp_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """Decode fields for aiohttp's WebSocket client, whose writer encodes UTF-8."""
     return [(n.decode("latin-1"), _field_value(v)) for n, v in raw]
 
 
 def _field_value(raw: bytes) -> str:
     """Decode a field value so that aiohttp's writer (which encodes UTF-8) sends the same bytes on.
 
-    Valid UTF-8 (the common obs-text) passes byte for byte; other bytes fall back to Latin-1.
+    Valid UTF-8 (the common obs-text) passes byte for byte; other bytes cannot and fall back to Latin-1.
     """
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("latin-1")
+
+
+@dataclass(slots=True)
+class _Sent:
+    """A request on its way: the connection it went out on, the answer's head, the body still being sent."""
+
+    connection: UpstreamConnection
+    head: ResponseHead
+    body_task: asyncio.Task[None] | None
+
+
+def _request_head(method: str, target: str, headers: list[tuple[str, str]], *, chunked: bool) -> bytes:
+    fields = serialize_fields(headers)
+    return f"{method} {target} HTTP/1.1\r\n".encode("latin-1") + fields + (b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n")
+
+
+async def _send_on(connection: UpstreamConnection, head: bytes, method: str, body: _RequestBody | None, chunked: bool) -> _Sent:
+    """Send a request on connection and return once the response head is in; the body keeps going meanwhile."""
+    answer = connection.send_head(head, is_head_request=method == "HEAD")
+    body_task = asyncio.create_task(_send_body(connection, body, chunked)) if body is not None else None
+    try:
+        response_head = await answer
+    except BaseException:
+        if body_task is not None:
+            body_task.cancel()
+        raise
+    return _Sent(connection, response_head, body_task)
+
+
+async def _send_body(connection: UpstreamConnection, body: _RequestBody, chunked: bool) -> None:
+    """Stream the client's body upstream; an app that stops reading (it answered early) just ends it."""
+    try:
+        async for chunk in body.chunks():
+            if chunked:
+                if chunk:
+                    await connection.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            else:
+                await connection.write(chunk)
+        if chunked:
+            await connection.write(b"0\r\n\r\n")
+    except (UpstreamError, OSError):
+        connection.is_broken = True
 
 
 def describe_failure(exc: BaseException, upstream: Upstream, timeout: float) -> UpstreamFailure:
@@ -185,30 +241,32 @@ def describe_failure(exc: BaseException, upstream: Upstream, timeout: float) -> 
     port = upstream.port
     if isinstance(exc, (aiohttp.ConnectionTimeoutError, asyncio.TimeoutError)):
         return UpstreamFailure(504, f"no answer within {timeout:g} s while connecting", f"Is the app on port {port} stuck, or is a firewall dropping the connection? Raise connect_timeout in sites.yaml if it is just slow to start.", tried)
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return UpstreamFailure(502, f"the app's TLS certificate was not accepted ({exc.certificate_error})", "Set `verify: false` on this site, or give the app a certificate this machine trusts.", tried)
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | ssl.SSLCertVerificationError):
+        why = exc.certificate_error if isinstance(exc, aiohttp.ClientConnectorCertificateError) else exc.verify_message
+        return UpstreamFailure(502, f"the app's TLS certificate was not accepted ({why})", "Set `verify: false` on this site, or give the app a certificate this machine trusts.", tried)
     if isinstance(exc, aiohttp.ClientConnectorSSLError) or isinstance(exc, ssl.SSLError):
         if upstream.scheme == "https":
             hint = f"Does the app on port {port} speak plain HTTP? Then write http://{upstream.authority} in sites.yaml."
         else:
             hint = f"Does the app on port {port} speak HTTPS? Then write https://{upstream.authority} in sites.yaml."
         return UpstreamFailure(502, "the TLS handshake failed", hint, tried)
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        os_error = exc.os_error
+    if isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError) or (isinstance(exc, OSError) and not isinstance(exc, aiohttp.ClientError)):
+        os_error = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
         if isinstance(os_error, ConnectionRefusedError) or getattr(os_error, "errno", None) == 111:
             return UpstreamFailure(502, "connection refused", f"Nothing is listening on port {port}: start your app, or change the port in sites.yaml.", tried)
         return UpstreamFailure(502, f"cannot connect: {os_error.strerror or os_error}", f"Check that the app is running and reachable at {upstream.authority}.", tried)
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
+    if isinstance(exc, aiohttp.ServerDisconnectedError | UpstreamClosed):
         hint = "The app closed the connection without answering: check its own log."
         if upstream.scheme == "http":
             hint += f" If it speaks HTTPS, write https://{upstream.authority} in sites.yaml."
         return UpstreamFailure(502, "the app closed the connection without answering", hint, tried)
-    if isinstance(exc, aiohttp.ClientResponseError):
+    if isinstance(exc, aiohttp.ClientResponseError | UpstreamProtocolError):
         hint = "The app answered with something that is not valid HTTP."
         if upstream.scheme == "http":
             hint += f" If it speaks HTTPS, write https://{upstream.authority} in sites.yaml."
-        return UpstreamFailure(502, f"invalid response from the app ({exc.message})", hint, tried)
-    if isinstance(exc, aiohttp.ClientError | OSError):
+        message = exc.message if isinstance(exc, aiohttp.ClientResponseError) else str(exc)
+        return UpstreamFailure(502, f"invalid response from the app ({message})", hint, tried)
+    if isinstance(exc, aiohttp.ClientError | OSError | UpstreamError):
         return UpstreamFailure(502, f"upstream error: {exc}", "Check the app's own log.", tried)
     raise exc
 
@@ -231,7 +289,8 @@ class Forwarder:
     """Sends requests to upstreams through one pooled session and records their health."""
 
     def __init__(self, session: aiohttp.ClientSession, book: UpstreamBook) -> None:
-        self.session = session
+        self.session = session  # WebSockets
+        self.pool = UpstreamPool()  # everything else
         self.book = book
         self.open_streams: set[OpenStream] = set()
 
@@ -246,7 +305,7 @@ class Forwarder:
         self, request: web.BaseRequest, routed_host: str, upstreams: Upstreams, upstream: Upstream, via: list[str], proto: str, *, websocket: bool = False
     ) -> list[tuple[str, str]]:
         return request_headers_for_upstream(
-            _raw_headers(request.raw_headers),
+            _aiohttp_headers(request.raw_headers) if websocket else _wire_headers(request.raw_headers),
             client_ip=request.remote or "",
             proto=proto,
             host_header=routed_host,
@@ -267,7 +326,7 @@ class Forwarder:
         for upstream in self.book.attempt_order(upstreams):
             try:
                 result = await attempt(upstream)
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            except (UpstreamError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
                 failure = dataclasses.replace(describe_failure(exc, upstream, upstreams.connect_timeout), upstream=upstream)
                 self.book.mark_down(upstream, failure.reason)
                 log.info("%s: %s (tried %s)", upstream, failure.reason, ", ".join(failure.tried))
@@ -284,66 +343,104 @@ class Forwarder:
     ) -> web.StreamResponse | UpstreamFailure:
         """Return the streamed response, or the failure when no upstream could be reached."""
         body = _RequestBody(request, exchange) if request.body_exists else None
+        method = request.method
+        # Without a Content-Length the client sent it chunked (its Transfer-Encoding is hop-by-hop): so does the proxy.
+        chunked = body is not None and "Content-Length" not in request.headers
 
-        async def send(upstream: Upstream) -> aiohttp.ClientResponse:
-            return await self.session.request(
-                request.method,
-                URL(f"{upstream}{match.target}", encoded=True),
-                headers=self._headers(request, exchange.host_header, upstreams, upstream, via, proto),
-                data=body.chunks() if body else None,
-                allow_redirects=False,
-                ssl=upstreams.should_verify(upstream),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=upstreams.connect_timeout, sock_read=None),
-            )
+        async def send(upstream: Upstream) -> _Sent:
+            headers = self._headers(request, exchange.host_header, upstreams, upstream, via, proto)
+            head = _request_head(method, match.target, headers, chunked=chunked)
+            verify = upstreams.should_verify(upstream)
+            connection = await self.pool.acquire(upstream, verify=verify, connect_timeout=upstreams.connect_timeout)
+            try:
+                return await _send_on(connection, head, method, body, chunked)
+            except UpstreamClosed as exc:
+                self.pool.release(connection)
+                # A pooled connection the app had closed meanwhile: once more on a new one, when that cannot repeat a side effect.
+                if not (connection.reused and exc.before_response and body is None and method in IDEMPOTENT_METHODS):
+                    raise
+            except BaseException:
+                self.pool.release(connection)
+                raise
+            connection = await self.pool.fresh(upstream, verify=verify, connect_timeout=upstreams.connect_timeout)
+            try:
+                return await _send_on(connection, head, method, body, chunked)
+            except BaseException:
+                self.pool.release(connection)
+                raise
 
         # Once part of the body has gone upstream it cannot be sent to another one.
         reached = await self._first_reachable(upstreams, send, may_retry=lambda: body is None or not body.started)
         if isinstance(reached, UpstreamFailure):
             return reached
-        upstream, upstream_response = reached
+        upstream, sent = reached
         exchange.upstream = upstream.authority
-        problem = response_head_problem(upstream_response.status, _raw_headers(upstream_response.raw_headers))
-        if problem is not None:
-            upstream_response.close()  # the connection is not reused: what follows on it cannot be trusted
-            return UpstreamFailure(502, f"the app sent {problem}", "The proxy does not pass on a response it cannot frame unambiguously; check the app's response code.", upstream.tried_addresses, upstream)
-        return await self._relay_response(request, upstream_response, exchange)
+        try:
+            upstream_headers = _wire_headers(sent.head.headers)
+            problem = response_head_problem(sent.head.status, upstream_headers)
+            if problem is not None:
+                sent.connection.close()  # what follows on it cannot be trusted
+                return UpstreamFailure(502, f"the app sent {problem}", "The proxy does not pass on a response it cannot frame unambiguously; check the app's response code.", upstream.tried_addresses, upstream)
+            return await self._relay_response(request, sent, upstream_headers, exchange)
+        finally:
+            if sent.body_task is not None and not sent.body_task.done():
+                sent.connection.close()  # the app answered before taking the whole body: the rest cannot follow on this connection
+                sent.body_task.cancel()
+            self.pool.release(sent.connection)
 
-    async def _relay_response(self, request: web.BaseRequest, upstream_response: aiohttp.ClientResponse, exchange: Exchange) -> web.StreamResponse:
-        async with upstream_response:
-            response = web.StreamResponse(status=upstream_response.status, reason=upstream_response.reason)
-            for name, value in response_headers_for_client(_raw_headers(upstream_response.raw_headers)):
-                response.headers.add(name, value)
-            exchange.response_started(upstream_response.status, upstream_response.reason or "", upstream_response.raw_headers)
-            tap = exchange.response_body
-            stream: OpenStream | None = None
-            if upstream_response.headers.get("Content-Type", "").startswith("text/event-stream"):
-                exchange.is_stream = True
-
-                async def end_event_stream() -> None:
-                    upstream_response.close()  # the relay loop below sees the end and finishes cleanly
-
-                stream = OpenStream(end=end_event_stream)
-                self.open_streams.add(stream)
+    async def _relay_response(self, request: web.BaseRequest, sent: _Sent, upstream_headers: list[tuple[str, str]], exchange: Exchange) -> web.StreamResponse:
+        head, connection = sent.head, sent.connection
+        exchange.response_started(head.status, head.reason, tuple(head.headers))
+        tap = exchange.response_body
+        whole_body = connection.whole_body() if head.has_body else b""
+        response = RelayedResponse(
+            head.status,
+            head.reason,
+            serialize_fields(response_headers_for_client(upstream_headers)),
+            content_length=head.content_length,
+            has_date=any(name.lower() == "date" for name, _ in upstream_headers),
+            whole_body=whole_body is not None,
+        )
+        if whole_body is not None:  # the common small response: one write, head and body together
+            tap.feed(whole_body)
             try:
                 await response.prepare(request)
-                async for chunk in upstream_response.content.iter_any():
-                    await response.write(chunk)
-                    tap.feed(chunk)
-            except ConnectionResetError:  # raised by writes to a client that has gone
-                exchange.note = "client went away; upstream request cancelled"
+                await response.write_eof(whole_body)
+            except ConnectionResetError:
+                exchange.note = "client went away"
                 return response
-            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-                if not (stream and stream.is_ending):  # else shutdown ended it on purpose: finish cleanly
-                    # Never re-frame a cut-off body as complete: abort so the client sees the break.
-                    exchange.note = f"upstream broke off mid-response ({type(exc).__name__})"
-                    _abort(request)
-                    return response
-            finally:
-                if stream:
-                    self.open_streams.discard(stream)
-            await response.write_eof()
             tap.is_complete = True
             return response
+        stream: OpenStream | None = None
+        if any(name.lower() == "content-type" and value.startswith("text/event-stream") for name, value in upstream_headers):
+            exchange.is_stream = True
+
+            async def end_event_stream() -> None:
+                connection.close()  # the relay loop below sees the end and finishes cleanly
+
+            stream = OpenStream(end=end_event_stream)
+            self.open_streams.add(stream)
+        try:
+            await response.prepare(request)
+            async for chunk in connection.body():
+                await response.write(chunk)
+                tap.feed(chunk)
+        except ConnectionResetError:  # raised by writes to a client that has gone
+            exchange.note = "client went away; upstream request cancelled"
+            connection.close()
+            return response
+        except UpstreamError as exc:
+            if not (stream and stream.is_ending):  # else shutdown ended it on purpose: finish cleanly
+                # Never re-frame a cut-off body as complete: abort so the client sees the break.
+                exchange.note = f"upstream broke off mid-response ({exc})"
+                _abort(request)
+                return response
+        finally:
+            if stream:
+                self.open_streams.discard(stream)
+        await response.write_eof()
+        tap.is_complete = True
+        return response
 
     async def forward_websocket(
         self, request: web.BaseRequest, match: RouteMatch, upstreams: Upstreams, exchange: Exchange, *, via: list[str], proto: str

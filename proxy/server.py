@@ -236,6 +236,7 @@ class ProxyServer:
         await self._runner.cleanup()
         if self._forwarder is not None:
             await self._forwarder.session.close()
+            await self._forwarder.pool.close()
         self._runner = None
 
     # ------------------------------------------------------------ requests

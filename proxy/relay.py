@@ -1,0 +1,78 @@
+"""The client side of a relayed response: the upstream's header bytes as they came, framed for this client.
+
+aiohttp's response writer serializes headers from str (re-encoding any non-UTF-8 byte) and adds
+Server, Content-Type and Date of its own. A proxy passes the app's header section on unchanged:
+only hop-by-hop fields go, and the framing for this client connection (chunked for HTTP/1.1 when
+the length is not known, else close-delimited) and Date (RFC 9110 6.6.1, when the app sent none)
+are added. aiohttp's writer still does the body: chunk encoding, length cut-off, backpressure.
+"""
+
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+
+from aiohttp import HttpVersion11, web
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def _date_field() -> bytes:
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, f"Date: {formatdate(now, usegmt=True)}\r\n".encode("ascii"))
+    return _date_cache[1]
+
+
+def serialize_fields(headers: list[tuple[str, str]]) -> bytes:
+    """Return header fields as wire bytes; each str character is one byte (Latin-1, as read)."""
+    return "".join(f"{name}: {value}\r\n" for name, value in headers).encode("latin-1", "replace")
+
+
+class RelayedResponse(web.StreamResponse):
+    """A response whose header section is given as bytes; aiohttp only frames and writes it."""
+
+    def __init__(self, status: int, reason: str, fields: bytes, *, content_length: int | None, has_date: bool, whole_body: bool) -> None:
+        super().__init__(status=status, reason=reason)
+        self._fields = fields
+        self._relayed_length = content_length
+        self._has_date = has_date
+        self._framing = b""
+        # A body that is all here goes out with the head in one write; a streamed one (events,
+        # downloads) gets its head at once, so the client sees the response start.
+        self._send_headers_immediately = not whole_body
+
+    async def _prepare_headers(self) -> None:
+        request, writer = self._req, self._payload_writer
+        assert request is not None and writer is not None
+        keep_alive = request.keep_alive if self._keep_alive is None else self._keep_alive
+        framing = b""
+        if self._must_be_empty_body:
+            pass  # HEAD, 204, 304: the app's Content-Length (if any) describes the resource, and stays
+        elif self._relayed_length is not None:
+            writer.length = self._relayed_length
+        elif request.version >= HttpVersion11:
+            writer.enable_chunking()
+            framing = b"Transfer-Encoding: chunked\r\n"
+        else:
+            keep_alive = False  # an HTTP/1.0 client reads to the close
+        if request.version >= HttpVersion11:
+            if not keep_alive:
+                framing += b"Connection: close\r\n"
+        elif keep_alive:
+            framing += b"Connection: keep-alive\r\n"
+        self._keep_alive = keep_alive
+        self._framing = framing
+
+    async def _write_headers(self) -> None:
+        request, writer = self._req, self._payload_writer
+        assert request is not None and writer is not None
+        version = request.version
+        status_line = f"HTTP/{version.major}.{version.minor} {self.status} {self.reason}\r\n".encode("latin-1", "replace")
+        head = status_line + self._fields + self._framing + (b"" if self._has_date else _date_field()) + b"\r\n"
+        # The writer's own serializer only takes str; hand it the finished bytes instead.
+        writer._headers_buf = head  # type: ignore[attr-defined]
+        writer._headers_written = False  # type: ignore[attr-defined]
+        if self._send_headers_immediately:
+            writer.send_headers()
