@@ -131,6 +131,12 @@ def _setup_logging() -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     root.propagate = False
+    # Access lines come in batches, each line already stamped with its own time (see accesslog.py).
+    access = logging.StreamHandler(sys.stderr)
+    access.setFormatter(logging.Formatter("%(message)s"))
+    access_logger = logging.getLogger("proxy.access")
+    access_logger.handlers[:] = [access]
+    access_logger.propagate = False
 
 
 def _check(path: str) -> int:

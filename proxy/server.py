@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import HttpVersion10, HttpVersion11, web
 
+from proxy.accesslog import AccessLog
 from proxy.admission import refusal
 from proxy.config import Config, ListenAddress, certs_folder, Site, StaticRoot, Upstreams, format_host
 from proxy.connections import GuardedServer
@@ -38,7 +39,6 @@ from proxy.tls import AlertingSSLObject, LeafCache, context_from_files, is_local
 from proxy.upstreams import UpstreamBook
 
 log = logging.getLogger("proxy")
-access_log = logging.getLogger("proxy.access")
 
 SHUTDOWN_GRACE = 5.0  # seconds in-flight requests get after SIGTERM
 # Room for the large cookies dev apps accumulate on localhost (aiohttp's default is 8 KiB a line).
@@ -80,6 +80,7 @@ class ProxyServer:
         self.private_paths = private_paths(config, leaves)
         self.book = UpstreamBook()
         self.requests = RequestLog()
+        self.access_log = AccessLog(logging.getLogger("proxy.access"))
         self.dashboard = Dashboard(self, show_secrets=show_secrets)
         self._hinted: set[tuple[str, str]] = set()  # (site, hint) pairs already logged
         self._bound: dict[str, _Bound] = {}  # by scheme
@@ -234,6 +235,7 @@ class ProxyServer:
                 log.info("stopped %d request(s) still running after %g s", len(late), SHUTDOWN_GRACE)
                 await asyncio.wait(late, timeout=1.0)
         await self._runner.cleanup()
+        self.access_log.flush()
         if self._forwarder is not None:
             await self._forwarder.session.close()
             await self._forwarder.pool.close()
@@ -275,7 +277,7 @@ class ProxyServer:
             exchange.duration = time.monotonic() - started
             self._note_host_refusal(exchange)
             self.requests.finish(exchange, time.time())
-            _log_access(request, host_header, target, exchange)
+            self.access_log.record(host_header, request.method, target, exchange.status, exchange.upstream, exchange.duration, exchange.note)
 
     def _note_host_refusal(self, exchange: Exchange) -> None:
         """Log (once per site) and show in the inspector when a dev server refused the forwarded Host."""
@@ -447,13 +449,6 @@ def _local_port(request: web.BaseRequest) -> int | None:
     transport = request.transport
     sockname = transport.get_extra_info("sockname") if transport else None
     return sockname[1] if sockname else None
-
-
-def _log_access(request: web.BaseRequest, host_header: str, target: str, exchange: Exchange) -> None:
-    host = normalize_host(host_header) or "-"
-    upstream = f" -> {exchange.upstream}" if exchange.upstream else ""
-    note = f" ({exchange.note})" if exchange.note else ""
-    access_log.info("%s %s %s %s%s %.1fms%s", host, request.method, target, exchange.status or "-", upstream, (exchange.duration or 0) * 1000, note)
 
 
 def _raw(headers: Mapping[str, str]) -> tuple[tuple[bytes, bytes], ...]:
