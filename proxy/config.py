@@ -78,19 +78,17 @@ class Upstream:
     scheme: str  # "http" or "https"
     host: str  # IPv6 without brackets
     port: int
+    # Derived once at load, as every request reads them.
+    dial_hosts: tuple[str, ...] = field(init=False, compare=False, repr=False)
+    is_loopback: bool = field(init=False, compare=False, repr=False)
+    authority: str = field(init=False, compare=False, repr=False)
 
-    @property
-    def dial_hosts(self) -> tuple[str, ...]:
+    def __post_init__(self) -> None:
         # Vite on recent Node listens on ::1 only, most other servers on 127.0.0.1 only.
-        return LOOPBACK_ADDRESSES if self.host == "localhost" else (self.host,)
-
-    @property
-    def is_loopback(self) -> bool:
-        return all(_is_loopback_host(h) for h in self.dial_hosts)
-
-    @property
-    def authority(self) -> str:
-        return f"{format_host(self.host)}:{self.port}"
+        dial_hosts = LOOPBACK_ADDRESSES if self.host == "localhost" else (self.host,)
+        object.__setattr__(self, "dial_hosts", dial_hosts)
+        object.__setattr__(self, "is_loopback", all(_is_loopback_host(h) for h in dial_hosts))
+        object.__setattr__(self, "authority", f"{format_host(self.host)}:{self.port}")
 
     @property
     def tried_addresses(self) -> tuple[str, ...]:

@@ -18,6 +18,7 @@ REFUSAL_STATUSES = frozenset({400, 403})
 # webpack-dev-server before 4 sent its refusal as a 200 with nothing but the message.
 OLD_WEBPACK_STATUS = 200
 OLD_WEBPACK_MAX_BODY = 64
+_WEBPACK_MIN_BODY = len("Invalid Host header")  # shorter bodies cannot be its answer
 # The proxy then sends the app its own address as Host, which every dev server accepts.
 OR_PRESERVE_HOST = "(or set preserve_host: false for this site in sites.yaml)"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -39,7 +40,7 @@ def detect_host_refusal(status: int, content_type: str, body_prefix: bytes, host
     """
     if status == OLD_WEBPACK_STATUS:
         # Checked on the bytes first: a 200 is almost never a refusal, so skip decoding.
-        if len(body_prefix) > OLD_WEBPACK_MAX_BODY or not _is_text(content_type):
+        if not _WEBPACK_MIN_BODY <= len(body_prefix) <= OLD_WEBPACK_MAX_BODY or not _is_text(content_type):
             return None
         is_webpack = _decode(body_prefix).strip().lower() == "invalid host header"
         return _webpack_refusal(host) if is_webpack else None
