@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
 import shlex
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 
 from aiohttp import http_parser
@@ -57,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--certs", metavar="DIR", help="folder of the local CA (default: certs/ beside the config file)")
     run.add_argument("--allow-remote", action="store_true", help="allow listening on addresses other machines can reach (off by default: the proxy forwards to your dev servers)")
     run.add_argument("--show-secrets", action="store_true", help="show Authorization, Cookie and Set-Cookie values in the inspector and its API (redacted by default)")
+    run.add_argument(
+        "--loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
+        help="event loop: uvloop when installed (pip install 'localhost-proxy[fast]'), else asyncio's own (default: auto)",
+    )
     with_config(commands.add_parser("check", help="validate the config file: exit 0 if valid, 2 with FILE:LINE:COL lines if not"))
     add = with_config(commands.add_parser("add", help="add a site to the config file, keeping its comments", description="Add NAME -> TARGET to the config file in place (comments and layout kept); a running proxy picks it up."))
     add.add_argument("name", metavar="NAME", help="app1 (meaning app1.localhost), app1.localhost or *.preview.localhost")
@@ -96,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return _check(args.config)
         if args.command == "run":
-            return asyncio.run(_run(args))
+            with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as runner:
+                return runner.run(_run(args))
         if args.command in ("add", "rm"):
             return _edit(args)
         if args.command == "list":
@@ -122,6 +131,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     return EXIT_NEGATIVE
+
+
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """Return how to make the event loop for `run --loop`; None means asyncio's default."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ProxyError("--loop uvloop: uvloop is not installed; pip install 'localhost-proxy[fast]' (or uvloop), or use --loop asyncio") from None
+        return None
+    return uvloop.new_event_loop
 
 
 def _setup_logging() -> None:
@@ -308,6 +330,8 @@ async def _run(args: argparse.Namespace) -> int:
 
     watcher = ConfigWatcher(args.config, loop, lambda: reload_soon("file changed"))
     watcher.start()
+    _tune_garbage_collector()
+    logging.getLogger("proxy").info("event loop: %s", "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio")
     reload_soon("changed while starting")  # an edit between the first read and the watch; no-op otherwise
     # Only now say we are listening: whoever waits for this line may edit the file or signal at once.
     _print_listening(listeners)
@@ -323,6 +347,20 @@ async def _run(args: argparse.Namespace) -> int:
         loop.remove_signal_handler(sig)
         signal.signal(sig, signal.SIG_IGN)
     return EXIT_OK
+
+
+def _tune_garbage_collector() -> None:
+    """Make the cyclic collector cheap for a server that allocates briefly-lived objects per request.
+
+    Requests leave almost no cyclic garbage, but each allocates enough objects (kept across awaits)
+    that Python's default threshold (700) starts a collection every few requests, and every tenth
+    pass of the older generations walks the whole heap: all of aiohttp and the inspector's kept
+    exchanges. That cost about 15 % of the CPU per small proxied request. Everything alive once
+    started (modules, config, certificates) is set aside with gc.freeze(), and passes run less often.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(5000, 50, 100)
 
 
 def _print_listening(listeners: list[Listener]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import HttpVersion11, web
 from aiohttp.web_protocol import RequestHandler
@@ -79,7 +79,7 @@ class GuardedConnection(RequestHandler):
                     "answering new ones 503 until some close. Raise `ulimit -n` to allow more.",
                     self._guard.max_connections,
                 )
-            assert isinstance(transport, asyncio.Transport)
+            transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
             transport.write(_BUSY)
             transport.close()
             return
