@@ -25,9 +25,9 @@ from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 from proxy.config import Upstream, Upstreams
-from proxy.headers import request_headers_for_upstream, response_head_problem, response_headers_for_client
+from proxy.headers import ClientFields, Field, request_fields_for_upstream, response_fields_for_client, serialize_fields
 from proxy.inspector import Exchange
-from proxy.relay import RelayedResponse, serialize_fields
+from proxy.relay import RelayedResponse
 from proxy.routing import RouteMatch
 from proxy.upstream_client import (
     IDEMPOTENT_METHODS,
@@ -172,12 +172,7 @@ class _RequestBody:
         self._tap.is_complete = True
 
 
-def _wire_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    """Decode fields one character per byte (Latin-1): serialize_fields writes back exactly the bytes read."""
-    return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw]
-
-
-def _aiohttp_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+def _aiohttp_headers(raw: Iterable[Field]) -> list[tuple[str, str]]:
     """Decode fields for aiohttp's WebSocket client, whose writer encodes UTF-8."""
     return [(n.decode("latin-1"), _field_value(v)) for n, v in raw]
 
@@ -202,9 +197,10 @@ class _Sent:
     body_task: asyncio.Task[None] | None
 
 
-def _request_head(method: str, target: str, headers: list[tuple[str, str]], *, chunked: bool) -> bytes:
-    fields = serialize_fields(headers)
-    return f"{method} {target} HTTP/1.1\r\n".encode("latin-1") + fields + (b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n")
+def _request_head(method: str, target: str, fields: list[Field], *, chunked: bool) -> bytes:
+    # aiohttp hands the target over decoded as UTF-8 with surrogate escapes: this gives back the bytes received.
+    request_line = f"{method} {target} HTTP/1.1\r\n".encode("utf-8", "surrogateescape")
+    return request_line + serialize_fields(fields) + (b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n")
 
 
 async def _send_on(connection: UpstreamConnection, head: bytes, method: str, body: _RequestBody | None, chunked: bool) -> _Sent:
@@ -303,9 +299,9 @@ class Forwarder:
 
     def _headers(
         self, request: web.BaseRequest, routed_host: str, upstreams: Upstreams, upstream: Upstream, via: list[str], proto: str, *, websocket: bool = False
-    ) -> list[tuple[str, str]]:
-        return request_headers_for_upstream(
-            _aiohttp_headers(request.raw_headers) if websocket else _wire_headers(request.raw_headers),
+    ) -> list[Field]:
+        return request_fields_for_upstream(
+            request.raw_headers,
             client_ip=request.remote or "",
             proto=proto,
             host_header=routed_host,
@@ -376,19 +372,18 @@ class Forwarder:
         upstream, sent = reached
         exchange.upstream = upstream.authority
         try:
-            upstream_headers = _wire_headers(sent.head.headers)
-            problem = response_head_problem(sent.head.status, upstream_headers)
-            if problem is not None:
+            fields = response_fields_for_client(sent.head.status, sent.head.headers)
+            if isinstance(fields, str):
                 sent.connection.close()  # what follows on it cannot be trusted
-                return UpstreamFailure(502, f"the app sent {problem}", "The proxy does not pass on a response it cannot frame unambiguously; check the app's response code.", upstream.tried_addresses, upstream)
-            return await self._relay_response(request, sent, upstream_headers, exchange)
+                return UpstreamFailure(502, f"the app sent {fields}", "The proxy does not pass on a response it cannot frame unambiguously; check the app's response code.", upstream.tried_addresses, upstream)
+            return await self._relay_response(request, sent, fields, exchange)
         finally:
             if sent.body_task is not None and not sent.body_task.done():
                 sent.connection.close()  # the app answered before taking the whole body: the rest cannot follow on this connection
                 sent.body_task.cancel()
             self.pool.release(sent.connection)
 
-    async def _relay_response(self, request: web.BaseRequest, sent: _Sent, upstream_headers: list[tuple[str, str]], exchange: Exchange) -> web.StreamResponse:
+    async def _relay_response(self, request: web.BaseRequest, sent: _Sent, fields: ClientFields, exchange: Exchange) -> web.StreamResponse:
         head, connection = sent.head, sent.connection
         exchange.response_started(head.status, head.reason, tuple(head.headers))
         tap = exchange.response_body
@@ -396,9 +391,9 @@ class Forwarder:
         response = RelayedResponse(
             head.status,
             head.reason,
-            serialize_fields(response_headers_for_client(upstream_headers)),
+            fields.lines,
             content_length=head.content_length,
-            has_date=any(name.lower() == "date" for name, _ in upstream_headers),
+            has_date=fields.has_date,
             whole_body=whole_body is not None,
         )
         if whole_body is not None:  # the common small response: one write, head and body together
@@ -412,7 +407,7 @@ class Forwarder:
             tap.is_complete = True
             return response
         stream: OpenStream | None = None
-        if any(name.lower() == "content-type" and value.startswith("text/event-stream") for name, value in upstream_headers):
+        if fields.is_event_stream:
             exchange.is_stream = True
 
             async def end_event_stream() -> None:
@@ -455,7 +450,7 @@ class Forwarder:
                 async with asyncio.timeout(upstreams.connect_timeout):
                     return await self.session.ws_connect(
                         URL(f"{scheme}://{upstream.authority}{match.target}", encoded=True),
-                        headers=self._headers(request, exchange.host_header, upstreams, upstream, via, proto, websocket=True),
+                        headers=_aiohttp_headers(self._headers(request, exchange.host_header, upstreams, upstream, via, proto, websocket=True)),
                         protocols=offered,
                         autoclose=False,
                         autoping=False,  # pings and pongs travel end to end

@@ -32,6 +32,11 @@ class HostRefusal:
     hint: str
 
 
+def could_be_old_webpack_refusal(body_size: int) -> bool:
+    """Return whether a 200 of this size can be old webpack's refusal (checked before anything is decoded)."""
+    return _WEBPACK_MIN_BODY <= body_size <= OLD_WEBPACK_MAX_BODY
+
+
 def detect_host_refusal(status: int, content_type: str, body_prefix: bytes, host: str) -> HostRefusal | None:
     """Return which dev server refused `host` and its one-line fix, or None for any other response.
 

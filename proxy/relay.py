@@ -25,11 +25,6 @@ def _date_field() -> bytes:
     return _date_cache[1]
 
 
-def serialize_fields(headers: list[tuple[str, str]]) -> bytes:
-    """Return header fields as wire bytes; each str character is one byte (Latin-1, as read)."""
-    return "".join(f"{name}: {value}\r\n" for name, value in headers).encode("latin-1", "replace")
-
-
 class RelayedResponse(web.StreamResponse):
     """A response whose header section is given as bytes; aiohttp only frames and writes it."""
 

@@ -28,7 +28,8 @@ from proxy.dashboard import pages
 from proxy.dashboard.views import Dashboard
 from proxy.errors import ListenError
 from proxy.forward import Forwarder, UpstreamFailure, is_websocket_upgrade, new_upstream_session
-from proxy.headers import REPLAY_HEADER, sites_passed
+from proxy.headers import LOOP_HEADER, REPLAY_HEADER, sites_passed
+from proxy import hosthints
 from proxy.hosthints import detect_host_refusal
 from proxy.inspector import BODY_LIMIT, Exchange, RequestLog
 from proxy.nearby import explain_refused
@@ -283,7 +284,7 @@ class ProxyServer:
         """Log (once per site) and show in the inspector when a dev server refused the forwarded Host."""
         if exchange.site is None or not exchange.upstream or exchange.status not in (200, 400, 403):
             return
-        if exchange.status == 200 and exchange.response_body.size > 64:  # only old webpack refuses with a 200, in a few bytes
+        if exchange.status == 200 and not hosthints.could_be_old_webpack_refusal(exchange.response_body.size):
             return
         content_type = next((v.decode("latin-1") for n, v in exchange.response_headers if n.lower() == b"content-type"), "")
         refused_host = detect_host_refusal(exchange.status, content_type, bytes(exchange.response_body.data), exchange.host_header)
@@ -297,50 +298,51 @@ class ProxyServer:
     async def _dispatch(self, request: web.BaseRequest, host_header: str, target: str, exchange: Exchange) -> web.StreamResponse:
         config, table = self.config, self.table  # one table for the whole request, even across a reload
         kind, site = table.classify(host_header)
-        accept = request.headers.get("Accept", "")
-        port = _local_port(request)
         scheme = "https" if request.secure else "http"
-        dashboard_url = f"{scheme}://localhost:{port}/" if port else f"{scheme}://localhost/"
+
+        def problem(status: int, title: str, detail: str, hint: str = "", facts: dict[str, str | list[str]] | None = None) -> web.Response:
+            return pages.problem_response(pages.Problem(status, title, detail, hint, facts or {}), request.headers.get("Accept", ""), _dashboard_url(request))
+
         refused = refusal(request.method, target, request.version, host_header, request.headers.getall("Transfer-Encoding", ()))
         if refused is not None:
             if request.version not in (HttpVersion10, HttpVersion11):
                 # The status line echoes the request's version; answer in the one the proxy speaks.
                 # (BaseRequest.version is a cached property: the cache is what the response reads.)
                 request._cache["version"] = HttpVersion11
-            response = pages.problem_response(pages.Problem(refused.status, refused.title, refused.detail), accept, dashboard_url)
+            response = problem(refused.status, refused.title, refused.detail)
             response.force_close()  # what follows on this connection cannot be trusted to be framed as meant
             return response
         if kind is HostKind.FOREIGN:
             return pages.bare_not_found()
         if kind is HostKind.OWN:
-            return await self.dashboard.handle(request, target, accept, scheme, port, dashboard_url)
+            return await self.dashboard.handle(request, target, request.headers.get("Accept", ""), scheme, _local_port(request), _dashboard_url(request))
         self._start_capture(request, exchange, site)
         if kind is HostKind.LOCAL or site is None:
-            return pages.unknown_site_response(normalize_host(host_header), config, self.book, accept, scheme, port, dashboard_url)
+            return pages.unknown_site_response(
+                normalize_host(host_header), config, self.book, request.headers.get("Accept", ""), scheme, _local_port(request), _dashboard_url(request)
+            )
         if site.https_redirect and scheme == "http" and (https_port := self.port_of("https")) is not None:
             # 308 keeps the method and body, unlike 301/302.
             location = f"https://{format_host(normalize_host(host_header))}" + (f":{https_port}" if https_port != 443 else "") + target
             return web.Response(status=308, headers={"Location": location})
 
-        passed = sites_passed(request.headers.items())
+        passed = sites_passed(request.headers.getall(LOOP_HEADER, ()))
         if site.host in passed:
-            return pages.problem_response(
-                pages.Problem(
-                    508,
-                    "Loop detected",
-                    f"This request for {site.host} came back to the proxy from its own upstream.",
-                    "The app behind this site forwards requests to the proxy again. Point its proxy setting at the app's real port, or set preserve_host: false.",
-                    {"site": site.host, "passed through": passed + [site.host]},
-                ),
-                accept,
-                dashboard_url,
+            return problem(
+                508,
+                "Loop detected",
+                f"This request for {site.host} came back to the proxy from its own upstream.",
+                "The app behind this site forwards requests to the proxy again. Point its proxy setting at the app's real port, or set preserve_host: false.",
+                {"site": site.host, "passed through": passed + [site.host]},
             )
         match = match_route(site, target)
         if match is None:
-            return pages.problem_response(
-                pages.Problem(404, "No route for this path", f"{site.host} has no route that matches {target.partition('?')[0]}.", f"Add a route for it under {site.host} in sites.yaml, or a `/:` route to catch the rest.", {"config": str(site.mark)}),
-                accept,
-                dashboard_url,
+            return problem(
+                404,
+                "No route for this path",
+                f"{site.host} has no route that matches {target.partition('?')[0]}.",
+                f"Add a route for it under {site.host} in sites.yaml, or a `/:` route to catch the rest.",
+                {"config": str(site.mark)},
             )
         route_target = match.route.target
         if request.headers.get(pages.PROBE_HEADER) == "ready":  # an error page asking whether the app is up yet
@@ -363,7 +365,7 @@ class ProxyServer:
                 nearby = await asyncio.get_running_loop().run_in_executor(None, explain_refused, result.upstream)
                 if nearby:
                     log.info("%s: %s", site.host, nearby)
-            return pages.problem_response(_failure_problem(match, result, nearby), accept, dashboard_url)
+            return pages.problem_response(_failure_problem(match, result, nearby), request.headers.get("Accept", ""), _dashboard_url(request))
         return result
 
     def _start_capture(self, request: web.BaseRequest, exchange: Exchange, site: Site | None) -> None:
@@ -443,6 +445,12 @@ def _host_and_target(request: web.BaseRequest) -> tuple[str, str]:
         path = parts.path or "/"
         return parts.netloc, path + (f"?{parts.query}" if parts.query else "")
     return request.headers.get("Host", ""), target
+
+
+def _dashboard_url(request: web.BaseRequest) -> str:
+    """Return the dashboard's address on the listener this request came in on, for the error pages' links."""
+    scheme, port = ("https" if request.secure else "http"), _local_port(request)
+    return f"{scheme}://localhost:{port}/" if port else f"{scheme}://localhost/"
 
 
 def _local_port(request: web.BaseRequest) -> int | None:

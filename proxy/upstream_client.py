@@ -18,6 +18,7 @@ import collections
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import cast
 
 import httptools
 
@@ -79,7 +80,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.reused = False
         self.is_broken = False  # closed, failed, or holding bytes nobody asked for: never pooled again
-        self._parser: httptools.HttpResponseParser | None = None
+        # One parser for the connection's life: llhttp reads one response after another on it.
+        self._parser = httptools.HttpResponseParser(self)
+        self.is_waiting_for_answer = False  # between send_head and release
         self._head_waiter: asyncio.Future[ResponseHead] | None = None
         self._is_head_request = False
         self._status_reason = b""
@@ -98,17 +101,15 @@ class UpstreamConnection(asyncio.Protocol):
     # ------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
 
     def data_received(self, data: bytes) -> None:
-        parser = self._parser
-        if parser is None or self._message_complete:  # unasked bytes (a late or second answer)
+        if not self.is_waiting_for_answer or self._message_complete:  # unasked bytes (a late or second answer)
             self._break()
             return
         self._got_response_bytes = True
         try:
-            parser.feed_data(data)
+            self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:  # a 101 to a plain request: the head is complete, the rest is not HTTP
             self._message_complete = True
             self._wake_body()
@@ -128,7 +129,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.is_broken = True
         self.transport = None
-        if self._parser is not None and not self._message_complete:
+        if self.is_waiting_for_answer and not self._message_complete:
             if self._until_close and exc is None and self._head_waiter is not None and self._head_waiter.done():
                 self._message_complete = True  # a close-delimited body is complete at a clean close
                 self._wake_body()
@@ -161,7 +162,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        assert self._parser is not None
         status = self._parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             return  # an interim answer (100 Continue, 103 Early Hints): the real one follows
@@ -180,7 +180,6 @@ class UpstreamConnection(asyncio.Protocol):
             # llhttp cannot be told the request was HEAD and would wait for a body: stop here,
             # and do not reuse the connection (whatever follows on it cannot be placed).
             self._message_complete = True
-            self._parser = None
             self.is_broken = True
         if self._head_waiter is not None and not self._head_waiter.done():
             self._head_waiter.set_result(head)
@@ -191,7 +190,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._wake_body()
 
     def on_message_complete(self) -> None:
-        assert self._parser is not None
         status = self._parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self._status_reason = b""  # the next message on this connection is the answer
@@ -206,7 +204,7 @@ class UpstreamConnection(asyncio.Protocol):
     def send_head(self, head: bytes, *, is_head_request: bool) -> asyncio.Future[ResponseHead]:
         """Write a request head (and start parsing the answer); return a future for the response head."""
         assert self.transport is not None
-        self._parser = httptools.HttpResponseParser(self)
+        self.is_waiting_for_answer = True
         self._is_head_request = is_head_request
         self._status_reason = b""
         self._message_complete = False
@@ -328,7 +326,7 @@ class UpstreamPool:
             return
         loop = asyncio.get_running_loop()
         connection.idle_since = loop.time()
-        connection._parser = None
+        connection.is_waiting_for_answer = False
         self._idle.setdefault(connection.key, []).append(connection)
         if self._sweeper is None:
             self._sweeper = loop.call_later(self.idle_timeout / 2, self._sweep)

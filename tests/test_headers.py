@@ -6,13 +6,27 @@ import pytest
 
 from proxy.headers import (
     LOOP_HEADER,
-    request_headers_for_upstream,
-    response_headers_for_client,
+    ClientFields,
+    Field,
+    request_fields_for_upstream,
+    response_fields_for_client,
     sites_passed,
     strip_hop_by_hop,
 )
 
 Headers = list[tuple[str, str]]
+
+
+def wire(headers: Headers) -> list[Field]:
+    return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+
+
+def text(fields: list[Field]) -> Headers:
+    return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in fields]
+
+
+def strip(headers: Headers) -> Headers:
+    return text(strip_hop_by_hop(wire(headers)))
 
 END_TO_END: Headers = [("Host", "app1.localhost:7080"), ("Accept", "*/*"), ("Content-Length", "3")]
 
@@ -42,7 +56,7 @@ def values(headers: Headers, name: str) -> list[str]:
     ids=["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade", "any-case"],
 )
 def test_strip_hop_by_hop_removes_rfc9110_fields(hop: tuple[str, str]) -> None:
-    assert strip_hop_by_hop([*END_TO_END, hop]) == END_TO_END
+    assert strip([*END_TO_END, hop]) == END_TO_END
 
 
 @pytest.mark.parametrize(
@@ -59,14 +73,14 @@ def test_strip_hop_by_hop_removes_rfc9110_fields(hop: tuple[str, str]) -> None:
 )
 def test_strip_hop_by_hop_removes_fields_named_in_connection(connection: list[str], stripped: list[str]) -> None:
     headers = [*END_TO_END, ("X-Secret", "1"), ("X-Other", "2"), *[("Connection", c) for c in connection]]
-    kept = strip_hop_by_hop(headers)
+    kept = strip(headers)
     assert names(kept) == [n for n in names(headers) if n != "connection" and n not in stripped]
     assert ("Host", "app1.localhost:7080") in kept and ("Content-Length", "3") in kept
 
 
 def test_strip_hop_by_hop_keeps_order_and_repeated_fields() -> None:
     headers = [("Set-Cookie", "a=1"), ("Connection", "close"), ("Set-Cookie", "b=2"), ("Vary", "Accept")]
-    assert strip_hop_by_hop(headers) == [("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"), ("Vary", "Accept")]
+    assert strip(headers) == [("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"), ("Vary", "Accept")]
 
 
 def upstream_headers(headers: Headers, **overrides: object) -> Headers:
@@ -78,7 +92,7 @@ def upstream_headers(headers: Headers, **overrides: object) -> Headers:
         "via": ["app1.localhost"],
     }
     kwargs.update(overrides)
-    return request_headers_for_upstream(headers, **kwargs)  # type: ignore[arg-type]
+    return text(request_fields_for_upstream(wire(headers), **kwargs))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -163,12 +177,17 @@ def test_loop_header_lists_the_sites_passed(incoming: Headers, via: list[str], s
     ids=["none", "other-header", "one", "list-any-case-spaces-empties", "repeated-header"],
 )
 def test_sites_passed(headers: Headers, passed: list[str]) -> None:
-    assert sites_passed(headers) == passed
+    assert sites_passed(loop_header_values(headers)) == passed
 
 
 def test_sites_passed_reads_back_what_request_headers_wrote() -> None:
     out = upstream_headers(END_TO_END, via=["a.localhost", "b.localhost"])
-    assert sites_passed(out) == ["a.localhost", "b.localhost"]
+    assert sites_passed(loop_header_values(out)) == ["a.localhost", "b.localhost"]
+
+
+def loop_header_values(headers: Headers) -> list[str]:
+    """The values the server's case-insensitive header lookup hands to sites_passed."""
+    return [v for n, v in headers if n.lower() == LOOP_HEADER.lower()]
 
 
 def test_response_headers_drop_hop_by_hop_and_connection_named_fields() -> None:
@@ -182,9 +201,40 @@ def test_response_headers_drop_hop_by_hop_and_connection_named_fields() -> None:
         ("Set-Cookie", "a=1"),
         ("Set-Cookie", "b=2"),
     ]
-    assert response_headers_for_client(headers) == [
-        ("Content-Type", "text/html"),
-        ("Content-Length", "10"),
-        ("Set-Cookie", "a=1"),
-        ("Set-Cookie", "b=2"),
-    ]
+    assert response_fields_for_client(200, wire(headers)) == ClientFields(
+        b"Content-Type: text/html\r\nContent-Length: 10\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n", has_date=False, is_event_stream=False
+    )
+
+
+def test_response_fields_say_whether_the_app_sent_a_date_and_an_event_stream() -> None:
+    fields = response_fields_for_client(200, wire([("date", "Thu, 26 Nov 2026 20:00:00 GMT"), ("Content-Type", "text/event-stream; charset=utf-8")]))
+    assert isinstance(fields, ClientFields) and fields.has_date and fields.is_event_stream
+
+
+def test_response_field_bytes_pass_unchanged() -> None:
+    fields = response_fields_for_client(200, [(b"X-Name", b"caf\xe9 \xff"), (b"x-lower", b"v")])
+    assert isinstance(fields, ClientFields) and fields.lines == b"X-Name: caf\xe9 \xff\r\nx-lower: v\r\n"
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "problem"),
+    [
+        (101, [], "the status code 101"),
+        (103, [], "the status code 103"),
+        (600, [], "the status code 600"),
+        (200, [("Bad Name", "1")], "a malformed header name 'Bad Name'"),
+        (200, [("X-Ok:", "1")], "a malformed header name"),
+        (200, [("Transfer-Encoding", "chunked, gzip")], "Transfer-Encoding: chunked, gzip"),
+        (200, [("Transfer-Encoding", "identity")], "Transfer-Encoding: identity"),
+    ],
+    ids=["101", "103", "600", "space-in-name", "colon-in-name", "chunked-not-last", "identity"],
+)
+def test_response_heads_the_proxy_cannot_frame_are_refused(status: int, headers: Headers, problem: str) -> None:
+    result = response_fields_for_client(status, wire(headers))
+    assert isinstance(result, str) and result.startswith(problem), result
+
+
+def test_chunked_framing_of_the_app_is_not_passed_on() -> None:
+    assert response_fields_for_client(200, wire([("Transfer-Encoding", "gzip, chunked"), ("Vary", "Accept")])) == ClientFields(
+        b"Vary: Accept\r\n", has_date=False, is_event_stream=False
+    )
