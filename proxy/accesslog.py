@@ -20,9 +20,21 @@ MAX_PENDING = 1000  # lines held before they are written regardless
 Line = tuple[float, str, str, str, int | None, str, float, str]  # when, Host as sent, method, target, status, upstream, seconds, note
 
 
+_clock: tuple[int, str] = (0, "")
+
+
+def _clock_at(when: float) -> str:
+    """Return HH:MM:SS for a time, formatted once per second."""
+    global _clock
+    second = int(when)
+    if _clock[0] != second:
+        _clock = (second, time.strftime("%H:%M:%S", time.localtime(second)))
+    return _clock[1]
+
+
 def format_line(line: Line) -> str:
     when, host, method, target, status, upstream, seconds, note = line
-    clock = time.strftime("%H:%M:%S", time.localtime(when))
+    clock = _clock_at(when)
     arrow = f" -> {upstream}" if upstream else ""
     why = f" ({note})" if note else ""
     return f"{clock} {normalize_host(host) or '-'} {method} {target} {status or '-'}{arrow} {seconds * 1000:.1f}ms{why}"

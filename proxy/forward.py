@@ -274,7 +274,7 @@ def _is_retryable(failure: UpstreamFailure) -> bool:
 
 def is_websocket_upgrade(request: web.BaseRequest) -> bool:
     """Return whether a request asks to become a WebSocket (the only upgrade the proxy tunnels)."""
-    if request.method != "GET":
+    if request.method != "GET" or "Upgrade" not in request.headers:
         return False
     upgrade = request.headers.get("Upgrade", "").lower()
     connection = {t.strip().lower() for t in request.headers.get("Connection", "").split(",")}

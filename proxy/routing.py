@@ -7,6 +7,7 @@ request sees either the old table or the new one, never a mix.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ class HostKind(enum.Enum):
     FOREIGN = "foreign"  # anything else (what a DNS-rebinding page sends): bare 404
 
 
+@functools.lru_cache(maxsize=1024)  # every request asks; browsers send the same few names over and over
 def normalize_host(host_header: str) -> str:
     """Return a Host header's name: lower case, no port, no trailing dot, IPv6 unbracketed.
 

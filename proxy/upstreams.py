@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from proxy.config import Upstream, Upstreams
@@ -25,13 +26,16 @@ class UpstreamBook:
         self._cursors: dict[tuple[Upstream, ...], int] = {}
 
     def state(self, upstream: Upstream) -> UpstreamState:
-        return self._states.setdefault(upstream, UpstreamState())
+        state = self._states.get(upstream)
+        if state is None:
+            state = self._states[upstream] = UpstreamState()
+        return state
 
-    def attempt_order(self, upstreams: Upstreams) -> list[Upstream]:
+    def attempt_order(self, upstreams: Upstreams) -> Sequence[Upstream]:
         """Return every address to try, starting with the next in turn, known-down ones last."""
         addresses = upstreams.addresses
         if len(addresses) == 1:
-            return list(addresses)
+            return addresses
         start = self._cursors.get(addresses, 0)
         self._cursors[addresses] = (start + 1) % len(addresses)
         rotated = addresses[start:] + addresses[:start]
