@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import ipaddress
 import os
 import platform
@@ -1018,12 +1019,20 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def event_loop() -> str:
+    try:
+        return f"uvloop {importlib.metadata.version('uvloop')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "asyncio (uvloop is not installed: pip install '.[fast]')"
+
+
 def machine_lines(tools: Tools) -> list[str]:
     commit = first_line(["git", "-C", str(REPO), "describe", "--always", "--dirty"]) if shutil.which("git") else "unknown"
     return [
         f"- Machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
         f"- Software: Python {platform.python_version()}, aiohttp {aiohttp.__version__}, {first_line([tools.nginx, '-v'])}, "
         f"{first_line([tools.wrk, '-v']).split(' Copyright')[0]}",
+        f"- Proxy event loop: {event_loop()} (what `run` picks by default in this environment)",
         f"- Proxy commit: {commit}",
         f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
     ]
