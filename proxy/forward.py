@@ -394,13 +394,11 @@ class Forwarder:
             fields.lines,
             content_length=head.content_length,
             has_date=fields.has_date,
-            whole_body=whole_body is not None,
         )
         if whole_body is not None:  # the common small response: one write, head and body together
             tap.feed(whole_body)
             try:
-                await response.prepare(request)
-                await response.write_eof(whole_body)
+                response.send_whole(request, whole_body)
             except ConnectionResetError:
                 exchange.note = "client went away"
                 return response

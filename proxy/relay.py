@@ -13,6 +13,7 @@ import time
 from email.utils import formatdate
 
 from aiohttp import HttpVersion11, web
+from aiohttp.helpers import must_be_empty_body
 
 _date_cache: tuple[int, bytes] = (0, b"")
 
@@ -26,29 +27,30 @@ def _date_field() -> bytes:
 
 
 class RelayedResponse(web.StreamResponse):
-    """A response whose header section is given as bytes; aiohttp only frames and writes it."""
+    """A response whose header section is given as bytes; aiohttp only frames and writes it.
 
-    def __init__(self, status: int, reason: str, fields: bytes, *, content_length: int | None, has_date: bool, whole_body: bool) -> None:
+    A streamed body goes through aiohttp's writer (chunk encoding, length cut-off, backpressure),
+    its head sent at once so the client sees the response start. A body that is all here already
+    goes out with the head in one write by send_whole().
+    """
+
+    def __init__(self, status: int, reason: str, fields: bytes, *, content_length: int | None, has_date: bool) -> None:
         super().__init__(status=status, reason=reason)
         self._fields = fields
         self._relayed_length = content_length
         self._has_date = has_date
         self._framing = b""
-        # A body that is all here goes out with the head in one write; a streamed one (events,
-        # downloads) gets its head at once, so the client sees the response start.
-        self._send_headers_immediately = not whole_body
 
-    async def _prepare_headers(self) -> None:
-        request, writer = self._req, self._payload_writer
-        assert request is not None and writer is not None
+    def _frame(self, request: web.BaseRequest, *, has_body: bool, length: int | None) -> bytes:
+        """Decide keep-alive and return the framing fields for this client; has_body=False for HEAD, 1xx, 204, 304."""
         keep_alive = request.keep_alive if self._keep_alive is None else self._keep_alive
         framing = b""
-        if self._must_be_empty_body:
-            pass  # HEAD, 204, 304: the app's Content-Length (if any) describes the resource, and stays
-        elif self._relayed_length is not None:
-            writer.length = self._relayed_length
+        if not has_body:
+            pass  # the app's Content-Length (if any) describes the resource, and stays
+        elif length is not None:
+            if self._relayed_length is None:
+                framing = b"Content-Length: %d\r\n" % length
         elif request.version >= HttpVersion11:
-            writer.enable_chunking()
             framing = b"Transfer-Encoding: chunked\r\n"
         else:
             keep_alive = False  # an HTTP/1.0 client reads to the close
@@ -58,16 +60,42 @@ class RelayedResponse(web.StreamResponse):
         elif keep_alive:
             framing += b"Connection: keep-alive\r\n"
         self._keep_alive = keep_alive
-        self._framing = framing
+        return framing
+
+    def _head(self, request: web.BaseRequest, framing: bytes) -> bytes:
+        version = request.version
+        status_line = f"HTTP/{version.major}.{version.minor} {self.status} {self.reason}\r\n".encode("latin-1", "replace")
+        return status_line + self._fields + framing + (b"" if self._has_date else _date_field()) + b"\r\n"
+
+    def send_whole(self, request: web.BaseRequest, body: bytes) -> None:
+        """Write head and whole body in one write; raise ConnectionResetError if the client has gone.
+
+        aiohttp then sees a response that is complete (prepare and write_eof do nothing more).
+        A chunked answer that is all here is passed on with its length instead.
+        """
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client has gone")
+        has_body = not must_be_empty_body(request.method, self.status)
+        framing = self._frame(request, has_body=has_body, length=len(body) if self._relayed_length is None else self._relayed_length)
+        transport.write(self._head(request, framing) + (body if has_body else b""))
+        self._eof_sent = True
+
+    async def _prepare_headers(self) -> None:
+        request, writer = self._req, self._payload_writer
+        assert request is not None and writer is not None
+        self._framing = self._frame(request, has_body=not self._must_be_empty_body, length=self._relayed_length)
+        if self._must_be_empty_body:
+            return
+        if self._relayed_length is not None:
+            writer.length = self._relayed_length
+        elif request.version >= HttpVersion11:
+            writer.enable_chunking()
 
     async def _write_headers(self) -> None:
         request, writer = self._req, self._payload_writer
         assert request is not None and writer is not None
-        version = request.version
-        status_line = f"HTTP/{version.major}.{version.minor} {self.status} {self.reason}\r\n".encode("latin-1", "replace")
-        head = status_line + self._fields + self._framing + (b"" if self._has_date else _date_field()) + b"\r\n"
         # The writer's own serializer only takes str; hand it the finished bytes instead.
-        writer._headers_buf = head  # type: ignore[attr-defined]
+        writer._headers_buf = self._head(request, self._framing)  # type: ignore[attr-defined]
         writer._headers_written = False  # type: ignore[attr-defined]
-        if self._send_headers_immediately:
-            writer.send_headers()
+        writer.send_headers()
