@@ -6,6 +6,7 @@ X-Forwarded-* so that a client can neither remove nor spoof them.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -93,14 +94,20 @@ def request_fields_for_upstream(
     named = connection_tokens(fields) if any(name.lower() == b"connection" for name, _ in fields) else frozenset()
     out: list[Field] = [(b"Host", _latin1(upstream_host if upstream_host is not None else host_header))]
     out += [(name, value) for name, value in fields if (lower := name.lower()) not in drop and lower not in named]
-    out += [
+    out += _forwarding_fields(client_ip, proto, host_header, tuple(via))
+    return out
+
+
+@functools.lru_cache(maxsize=256)  # the same few clients, names and chains, request after request
+def _forwarding_fields(client_ip: str, proto: str, host_header: str, via: tuple[str, ...]) -> tuple[Field, ...]:
+    """Return the fields the proxy sets itself on every forwarded request."""
+    return (
         (b"X-Forwarded-For", _latin1(client_ip)),
         (b"X-Forwarded-Proto", _latin1(proto)),
         (b"X-Forwarded-Host", _latin1(host_header)),
         (b"Forwarded", _latin1(forwarded_value(client_ip, host_header, proto))),
         (_LOOP_HEADER, _latin1(", ".join(via))),
-    ]
-    return out
+    )
 
 
 def _latin1(text: str) -> bytes:

@@ -7,7 +7,7 @@ dashboard reads it. Memory is bounded by CAPACITY exchanges of at most two BODY_
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -130,7 +130,8 @@ class RequestLog:
 
     def __init__(self, capacity: int = CAPACITY) -> None:
         self.capacity = capacity
-        self._by_id: dict[int, Exchange] = {}
+        # OrderedDict drops its oldest entry in O(1); a dict's next(iter()) walks past every deleted slot first.
+        self._by_id: OrderedDict[int, Exchange] = OrderedDict()
         self._next_id = 1
         self.counts = RecentCounts()
         self.on_finish: list[Callable[[Exchange], None]] = []
@@ -141,7 +142,7 @@ class RequestLog:
         self._next_id += 1
         self._by_id[exchange.id] = exchange
         if len(self._by_id) > self.capacity:
-            del self._by_id[next(iter(self._by_id))]  # dicts keep insertion order: this is the oldest
+            self._by_id.popitem(last=False)
 
     def finish(self, exchange: Exchange, now: float) -> None:
         if exchange.site is not None:
