@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import logging
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.client_proto import ResponseHandler
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
@@ -87,45 +85,9 @@ class LoopbackResolver(AbstractResolver):
         await self._default.close()
 
 
-class _StrictResponseHandler(ResponseHandler):
-    """aiohttp's upstream connection protocol, but a body that breaks its framing ends the body stream.
-
-    aiohttp puts the parse error on the connection and closes it, while the body being relayed
-    waits for bytes that will never come: the client would hang instead of seeing the cut.
-    """
-
-    def data_received(self, data: bytes) -> None:
-        payload = self._payload
-        super().data_received(data)
-        if payload is not None and self.exception() is not None and payload.exception() is None and not payload.is_eof():
-            payload.set_exception(aiohttp.ClientPayloadError("the app broke the response's framing mid-body"))
-
-
-class _CleanPoolConnector(aiohttp.TCPConnector):
-    """A pool that never hands out a connection holding bytes nobody asked for, with strict body framing.
-
-    An app that writes a second response after its answer (late, or unasked) leaves it queued
-    on the idle connection, and aiohttp would read it as the answer to the next request sent
-    there, from whichever client. Such a connection is closed instead of reused.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._factory = functools.partial(_StrictResponseHandler, loop=self._loop)  # type: ignore[assignment]
-
-    async def _get(self, key: Any, traces: list[Any]) -> Any:
-        for _ in range(1000):  # bounded: each pass closes one pooled connection
-            connection = await super()._get(key, traces)
-            protocol = connection.protocol if connection is not None else None
-            if connection is None or protocol is None or not protocol.should_close:
-                return connection
-            connection.close()
-        return None
-
-
 def new_upstream_session() -> aiohttp.ClientSession:
-    """Return the pooled client every upstream request goes through."""
-    connector = _CleanPoolConnector(
+    """Return the client WebSocket handshakes go through (plain HTTP uses upstream_client.UpstreamPool)."""
+    connector = aiohttp.TCPConnector(
         limit=0,  # a dev server behind a busy page gets as many connections as the browser opens
         resolver=LoopbackResolver(),
         keepalive_timeout=UPSTREAM_IDLE_TIMEOUT,
