@@ -7,6 +7,7 @@ What it accepts but a proxy must not pass on is checked here.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,11 @@ class Refusal:
     detail: str
 
 
+@functools.lru_cache(maxsize=1024)  # the same few Host values arrive request after request
+def _is_host_syntax(host: str) -> bool:
+    return _HOST_SYNTAX.fullmatch(host) is not None
+
+
 def refusal(method: str, target: str, version: tuple[int, int], host: str, transfer_encodings: Sequence[str]) -> Refusal | None:
     """Return why a request is answered by the proxy itself instead of forwarded, or None to forward it.
 
@@ -31,7 +37,7 @@ def refusal(method: str, target: str, version: tuple[int, int], host: str, trans
     if version not in ((1, 0), (1, 1)):
         # llhttp reads HTTP/0.9 and HTTP/2.0 request lines; neither is spoken here.
         return Refusal(505, "HTTP version not supported", f"HTTP/{version[0]}.{version[1]} is not spoken here; use HTTP/1.1.")
-    if not _HOST_SYNTAX.fullmatch(host):
+    if not _is_host_syntax(host):
         return Refusal(400, "Bad Host", f"The Host {host[:100]!r} is not a host name with an optional :port.")
     if method == "CONNECT":
         return Refusal(405, "CONNECT is not supported", "This proxy routes requests by their Host name; it does not open tunnels.")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # Fields as they are on the wire: (name, value) bytes, in order, repeats kept. Working on the
 # bytes means nothing is re-encoded on the way through (obs-text stays byte for byte).
@@ -56,21 +56,33 @@ _LOOP_HEADER = LOOP_HEADER.encode("ascii")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
-def connection_tokens(fields: Iterable[Field]) -> frozenset[bytes]:
-    """Return the lower-cased field names listed in every Connection field, minus the ones never stripped."""
-    tokens: set[bytes] = set()
-    for name, value in fields:
-        if name.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
-    tokens.discard(b"")
-    return frozenset(tokens - _NEVER_STRIPPED)
+@functools.lru_cache(maxsize=1024)  # "keep-alive", "close", "Upgrade": a handful of values recur
+def _named_in_connection_value(value: bytes) -> frozenset[bytes]:
+    """Return the field names a Connection value lists, other than hop-by-hop ones and the ones never stripped."""
+    return frozenset(t.strip().lower() for t in value.split(b",")) - _HOP_BY_HOP - _NEVER_STRIPPED - {b""}
+
+
+@functools.lru_cache(maxsize=4096)  # the same few dozen names recur on every message
+def _lower_token(name: bytes) -> bytes | None:
+    """Return a field name lower-cased, or None when it is not a token (RFC 9110 5.1)."""
+    return name.lower() if _TOKEN.fullmatch(name) else None
+
+
+def _named_in_connection(fields: Sequence[Field], lowered: Sequence[bytes | None]) -> frozenset[bytes]:
+    """Return the names a message's Connection fields list beyond the hop-by-hop ones (commonly none)."""
+    named: frozenset[bytes] = frozenset()
+    for lower, (_, value) in zip(lowered, fields):
+        if lower == b"connection":
+            named |= _named_in_connection_value(value)
+    return named
 
 
 def strip_hop_by_hop(fields: Iterable[Field]) -> list[Field]:
     """Return fields without hop-by-hop ones and without every field named in Connection."""
     fields = list(fields)
-    drop = _HOP_BY_HOP | connection_tokens(fields)
-    return [(name, value) for name, value in fields if name.lower() not in drop]
+    lowered = [name.lower() for name, _ in fields]
+    drop = _HOP_BY_HOP | _named_in_connection(fields, lowered)
+    return [field for lower, field in zip(lowered, fields) if lower not in drop]
 
 
 def request_fields_for_upstream(
@@ -91,9 +103,11 @@ def request_fields_for_upstream(
     (see LOOP_HEADER).
     """
     drop = _NOT_FORWARDED_WEBSOCKET if websocket else _NOT_FORWARDED
-    named = connection_tokens(fields) if any(name.lower() == b"connection" for name, _ in fields) else frozenset()
+    # The request parser has checked the names already; lower-casing goes through the same cache.
+    lowered = [_lower_token(name) or name.lower() for name, _ in fields]
+    named = _named_in_connection(fields, lowered)
     out: list[Field] = [(b"Host", _latin1(upstream_host if upstream_host is not None else host_header))]
-    out += [(name, value) for name, value in fields if (lower := name.lower()) not in drop and lower not in named]
+    out += [field for lower, field in zip(lowered, fields) if lower not in drop and lower not in named]
     out += _forwarding_fields(client_ip, proto, host_header, tuple(via))
     return out
 
@@ -117,11 +131,13 @@ def _latin1(text: str) -> bytes:
 
 def serialize_fields(fields: Iterable[Field]) -> bytes:
     """Return fields as the lines of a message head."""
-    return b"".join([name + b": " + value + b"\r\n" for name, value in fields])
+    lines: list[bytes] = []
+    for name, value in fields:
+        lines += (name, b": ", value, b"\r\n")
+    return b"".join(lines)
 
 
-@dataclass(frozen=True, slots=True)
-class ClientFields:
+class ClientFields(NamedTuple):  # made per response: a NamedTuple is cheaper to make than a frozen dataclass
     """An upstream response's header section as the client gets it, and what the proxy needs to know of it."""
 
     lines: bytes  # serialized, hop-by-hop fields removed
@@ -138,24 +154,23 @@ def response_fields_for_client(status: int, fields: Sequence[Field]) -> ClientFi
     """
     if not 200 <= status <= 599:  # 1xx interim answers are consumed by the client; 101 only for WebSockets
         return f"the status code {status}, which cannot answer this request"
-    named = connection_tokens(fields) if any(name.lower() == b"connection" for name, _ in fields) else frozenset()
+    lowered = [_lower_token(name) for name, _ in fields]
+    if None in lowered:
+        name = fields[lowered.index(None)][0]
+        return f"a malformed header name {name[:60].decode('latin-1')!r}"
+    named = _named_in_connection(fields, lowered)
     lines: list[bytes] = []
     has_date = is_event_stream = False
-    for name, value in fields:
-        if not _TOKEN.fullmatch(name):
-            return f"a malformed header name {name[:60].decode('latin-1')!r}"
-        lower = name.lower()
-        if lower == b"transfer-encoding":
-            if value.rsplit(b",", 1)[-1].strip().lower() != b"chunked":
-                return f"Transfer-Encoding: {value[:60].decode('latin-1')}, a coding the proxy does not pass on"
-            continue
+    for lower, (name, value) in zip(lowered, fields):
         if lower in _HOP_BY_HOP or lower in named:
+            if lower == b"transfer-encoding" and value.rsplit(b",", 1)[-1].strip().lower() != b"chunked":
+                return f"Transfer-Encoding: {value[:60].decode('latin-1')}, a coding the proxy does not pass on"
             continue
         if lower == b"date":
             has_date = True
         elif lower == b"content-type":
             is_event_stream = value.startswith(b"text/event-stream")
-        lines.append(name + b": " + value + b"\r\n")
+        lines += (name, b": ", value, b"\r\n")
     return ClientFields(b"".join(lines), has_date, is_event_stream)
 
 

@@ -10,7 +10,7 @@ import enum
 import functools
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from proxy.config import OWN_HOSTS, Route, Site
 
@@ -55,8 +55,7 @@ def is_local_name(host: str) -> bool:
         return False
 
 
-@dataclass(frozen=True, slots=True)
-class RouteMatch:
+class RouteMatch(NamedTuple):  # made per request: a NamedTuple is cheaper to make than a frozen dataclass
     """Where a request goes: the route and the request target to send upstream."""
 
     site: Site
