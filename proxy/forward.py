@@ -23,6 +23,7 @@ from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 from proxy.config import Upstream, Upstreams
+from proxy.fastpath import ClientRequest, aiohttp_request
 from proxy.headers import ClientFields, Field, request_fields_for_upstream, response_fields_for_client, serialize_fields
 from proxy.inspector import Exchange
 from proxy.relay import RelayedResponse
@@ -234,7 +235,7 @@ def _is_retryable(failure: UpstreamFailure) -> bool:
     return failure.is_refused or failure.status == 504
 
 
-def is_websocket_upgrade(request: web.BaseRequest) -> bool:
+def is_websocket_upgrade(request: ClientRequest) -> bool:
     """Return whether a request asks to become a WebSocket (the only upgrade the proxy tunnels)."""
     if request.method != "GET" or "Upgrade" not in request.headers:
         return False
@@ -260,7 +261,7 @@ class Forwarder:
         await asyncio.gather(*(s.end() for s in streams), return_exceptions=True)
 
     def _headers(
-        self, request: web.BaseRequest, routed_host: str, upstreams: Upstreams, upstream: Upstream, via: list[str], proto: str, *, websocket: bool = False
+        self, request: ClientRequest, routed_host: str, upstreams: Upstreams, upstream: Upstream, via: list[str], proto: str, *, websocket: bool = False
     ) -> list[Field]:
         return request_fields_for_upstream(
             request.raw_headers,
@@ -297,10 +298,10 @@ class Forwarder:
         return failure
 
     async def forward_http(
-        self, request: web.BaseRequest, match: RouteMatch, upstreams: Upstreams, exchange: Exchange, *, via: list[str], proto: str
+        self, request: ClientRequest, match: RouteMatch, upstreams: Upstreams, exchange: Exchange, *, via: list[str], proto: str
     ) -> web.StreamResponse | UpstreamFailure:
         """Return the streamed response, or the failure when no upstream could be reached."""
-        body = _RequestBody(request, exchange) if request.body_exists else None
+        body = _RequestBody(aiohttp_request(request), exchange) if request.body_exists else None
         method = request.method
         # Without a Content-Length the client sent it chunked (its Transfer-Encoding is hop-by-hop): so does the proxy.
         chunked = body is not None and "Content-Length" not in request.headers
@@ -345,7 +346,7 @@ class Forwarder:
                 sent.body_task.cancel()
             self.pool.release(sent.connection)
 
-    async def _relay_response(self, request: web.BaseRequest, sent: _Sent, fields: ClientFields, exchange: Exchange) -> web.StreamResponse:
+    async def _relay_response(self, request: ClientRequest, sent: _Sent, fields: ClientFields, exchange: Exchange) -> web.StreamResponse:
         head, connection = sent.head, sent.connection
         exchange.response_started(head.status, head.reason, tuple(head.headers))
         tap = exchange.response_body
@@ -376,7 +377,7 @@ class Forwarder:
             stream = OpenStream(end=end_event_stream)
             self.open_streams.add(stream)
         try:
-            await response.prepare(request)
+            await response.prepare(aiohttp_request(request))
             async for chunk in connection.body():
                 await response.write(chunk)
                 tap.feed(chunk)
@@ -498,7 +499,7 @@ async def _pump(
             return
 
 
-def _abort(request: web.BaseRequest) -> None:
+def _abort(request: ClientRequest) -> None:
     transport = request.transport
     if transport is not None:
         transport.abort()

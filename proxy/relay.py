@@ -15,6 +15,8 @@ from email.utils import formatdate
 from aiohttp import HttpVersion11, web
 from aiohttp.helpers import must_be_empty_body
 
+from proxy.fastpath import ClientRequest
+
 _date_cache: tuple[int, bytes] = (0, b"")
 
 
@@ -41,7 +43,7 @@ class RelayedResponse(web.StreamResponse):
         self._has_date = has_date
         self._framing = b""
 
-    def _frame(self, request: web.BaseRequest, *, has_body: bool, length: int | None) -> bytes:
+    def _frame(self, request: ClientRequest, *, has_body: bool, length: int | None) -> bytes:
         """Decide keep-alive and return the framing fields for this client; has_body=False for HEAD, 1xx, 204, 304."""
         keep_alive = request.keep_alive if self._keep_alive is None else self._keep_alive
         framing = b""
@@ -62,12 +64,12 @@ class RelayedResponse(web.StreamResponse):
         self._keep_alive = keep_alive
         return framing
 
-    def _head(self, request: web.BaseRequest, framing: bytes) -> bytes:
+    def _head(self, request: ClientRequest, framing: bytes) -> bytes:
         version = request.version
         status_line = f"HTTP/{version.major}.{version.minor} {self.status} {self.reason}\r\n".encode("latin-1", "replace")
         return status_line + self._fields + framing + (b"" if self._has_date else _date_field()) + b"\r\n"
 
-    def send_whole(self, request: web.BaseRequest, body: bytes) -> None:
+    def send_whole(self, request: ClientRequest, body: bytes) -> None:
         """Write head and whole body in one write; raise ConnectionResetError if the client has gone.
 
         aiohttp then sees a response that is complete (prepare and write_eof do nothing more).

@@ -27,6 +27,7 @@ from proxy.connections import GuardedServer
 from proxy.dashboard import pages
 from proxy.dashboard.views import Dashboard
 from proxy.errors import ListenError
+from proxy.fastpath import ClientRequest, aiohttp_request
 from proxy.forward import Forwarder, UpstreamFailure, is_websocket_upgrade, new_upstream_session
 from proxy.headers import LOOP_HEADER, REPLAY_HEADER, sites_passed
 from proxy import hosthints
@@ -244,7 +245,7 @@ class ProxyServer:
 
     # ------------------------------------------------------------ requests
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: ClientRequest) -> web.StreamResponse:
         """Answer one request; never raises for anything a client or upstream can do."""
         started = time.monotonic()
         host_header, target = _host_and_target(request)
@@ -295,7 +296,7 @@ class ProxyServer:
             self._hinted.add((exchange.site, refused_host.hint))
             log.warning("%s: %s", exchange.site, refused_host.hint)
 
-    async def _dispatch(self, request: web.BaseRequest, host_header: str, target: str, exchange: Exchange) -> web.StreamResponse:
+    async def _dispatch(self, request: ClientRequest, host_header: str, target: str, exchange: Exchange) -> web.StreamResponse:
         config, table = self.config, self.table  # one table for the whole request, even across a reload
         kind, site = table.classify(host_header)
         scheme = "https" if request.secure else "http"
@@ -308,14 +309,14 @@ class ProxyServer:
             if request.version not in (HttpVersion10, HttpVersion11):
                 # The status line echoes the request's version; answer in the one the proxy speaks.
                 # (BaseRequest.version is a cached property: the cache is what the response reads.)
-                request._cache["version"] = HttpVersion11
+                aiohttp_request(request)._cache["version"] = HttpVersion11
             response = problem(refused.status, refused.title, refused.detail)
             response.force_close()  # what follows on this connection cannot be trusted to be framed as meant
             return response
         if kind is HostKind.FOREIGN:
             return pages.bare_not_found()
         if kind is HostKind.OWN:
-            return await self.dashboard.handle(request, target, request.headers.get("Accept", ""), scheme, _local_port(request), _dashboard_url(request))
+            return await self.dashboard.handle(aiohttp_request(request), target, request.headers.get("Accept", ""), scheme, _local_port(request), _dashboard_url(request))
         self._start_capture(request, exchange, site)
         if kind is HostKind.LOCAL or site is None:
             return pages.unknown_site_response(
@@ -349,11 +350,11 @@ class ProxyServer:
             return await _answer_probe(route_target)
         if isinstance(route_target, StaticRoot):
             exchange.upstream = "static"
-            return await serve_static(request, route_target, match.target, self.private_paths)
+            return await serve_static(aiohttp_request(request), route_target, match.target, self.private_paths)
         assert self._forwarder is not None
         via = passed + [site.host]
         if is_websocket_upgrade(request):
-            result = await self._forwarder.forward_websocket(request, match, route_target, exchange, via=via, proto=scheme)
+            result = await self._forwarder.forward_websocket(aiohttp_request(request), match, route_target, exchange, via=via, proto=scheme)
         else:
             result = await self._forwarder.forward_http(request, match, route_target, exchange, via=via, proto=scheme)
         if isinstance(result, UpstreamFailure):
@@ -368,7 +369,7 @@ class ProxyServer:
             return pages.problem_response(_failure_problem(match, result, nearby), request.headers.get("Accept", ""), _dashboard_url(request))
         return result
 
-    def _start_capture(self, request: web.BaseRequest, exchange: Exchange, site: Site | None) -> None:
+    def _start_capture(self, request: ClientRequest, exchange: Exchange, site: Site | None) -> None:
         """Keep this request for the inspector, unless its site opted out with `inspect: false`."""
         exchange.site = site.host if site is not None else None
         token = request.headers.get(REPLAY_HEADER)
@@ -433,7 +434,7 @@ async def _answer_probe(target: Upstreams | StaticRoot) -> web.Response:
     return web.Response(status=503, text="waiting for the app\n", headers={"Cache-Control": "no-store"})
 
 
-def _host_and_target(request: web.BaseRequest) -> tuple[str, str]:
+def _host_and_target(request: ClientRequest) -> tuple[str, str]:
     """Return the Host to route by and the path?query to forward, exactly as received.
 
     An absolute-form target (GET http://app1.localhost/x) names its host itself (RFC 9112
@@ -447,13 +448,13 @@ def _host_and_target(request: web.BaseRequest) -> tuple[str, str]:
     return request.headers.get("Host", ""), target
 
 
-def _dashboard_url(request: web.BaseRequest) -> str:
+def _dashboard_url(request: ClientRequest) -> str:
     """Return the dashboard's address on the listener this request came in on, for the error pages' links."""
     scheme, port = ("https" if request.secure else "http"), _local_port(request)
     return f"{scheme}://localhost:{port}/" if port else f"{scheme}://localhost/"
 
 
-def _local_port(request: web.BaseRequest) -> int | None:
+def _local_port(request: ClientRequest) -> int | None:
     transport = request.transport
     sockname = transport.get_extra_info("sockname") if transport else None
     return sockname[1] if sockname else None
@@ -463,14 +464,14 @@ def _raw(headers: Mapping[str, str]) -> tuple[tuple[bytes, bytes], ...]:
     return tuple((n.encode("latin-1"), v.encode("latin-1", "replace")) for n, v in headers.items())
 
 
-async def _keep_unread_body(request: web.BaseRequest, exchange: Exchange) -> None:
+async def _keep_unread_body(request: ClientRequest, exchange: Exchange) -> None:
     """Read a small body no upstream took (all refused), so the inspector can replay it once the app is up."""
     length = request.content_length
     if not exchange.is_inspected or exchange.request_body.size or not length or length > BODY_LIMIT or request.headers.get("Expect"):
         return
     try:
         async with asyncio.timeout(2.0):
-            exchange.request_body.feed(await request.content.readexactly(length))
+            exchange.request_body.feed(await aiohttp_request(request).content.readexactly(length))
         exchange.request_body.is_complete = True
     except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
         pass
