@@ -15,7 +15,7 @@ from email.utils import formatdate
 from aiohttp import HttpVersion11, web
 from aiohttp.helpers import must_be_empty_body
 
-from proxy.fastpath import ClientRequest
+from proxy.fastpath import ClientRequest, FastRequest
 
 _date_cache: tuple[int, bytes] = (0, b"")
 
@@ -80,7 +80,11 @@ class RelayedResponse(web.StreamResponse):
             raise ConnectionResetError("the client has gone")
         has_body = not must_be_empty_body(request.method, self.status)
         framing = self._frame(request, has_body=has_body, length=len(body) if self._relayed_length is None else self._relayed_length)
-        transport.write(self._head(request, framing) + (body if has_body else b""))
+        data = self._head(request, framing) + (body if has_body else b"")
+        if isinstance(request, FastRequest) and self._keep_alive:
+            request.write_soon(data)
+        else:  # aiohttp may close the connection, or write a next answer, as soon as this returns
+            transport.write(data)
         self._eof_sent = True
 
     async def _prepare_headers(self) -> None:
