@@ -166,19 +166,6 @@ def _request_head(method: str, target: str, fields: list[Field], *, chunked: boo
     return request_line + serialize_fields(fields) + (b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n")
 
 
-async def _send_on(connection: UpstreamConnection, head: bytes, method: str, body: _RequestBody | None, chunked: bool) -> _Sent:
-    """Send a request on connection and return once the response head is in; the body keeps going meanwhile."""
-    answer = connection.send_head(head, is_head_request=method == "HEAD")
-    body_task = asyncio.create_task(_send_body(connection, body, chunked)) if body is not None else None
-    try:
-        response_head = await answer
-    except BaseException:
-        if body_task is not None:
-            body_task.cancel()
-        raise
-    return _Sent(connection, response_head, body_task)
-
-
 async def _send_body(connection: UpstreamConnection, body: _RequestBody, chunked: bool) -> None:
     """Stream the client's body upstream; an app that stops reading (it answered early) just ends it."""
     try:
@@ -310,23 +297,22 @@ class Forwarder:
             headers = self._headers(request, exchange.host_header, upstreams, upstream, via, proto)
             head = _request_head(method, match.target, headers, chunked=chunked)
             verify = upstreams.should_verify(upstream)
-            connection = await self.pool.acquire(upstream, verify=verify, connect_timeout=upstreams.connect_timeout)
-            try:
-                return await _send_on(connection, head, method, body, chunked)
-            except UpstreamClosed as exc:
-                self.pool.release(connection)
-                # A pooled connection the app had closed meanwhile: once more on a new one, when that cannot repeat a side effect.
-                if not (connection.reused and exc.before_response and body is None and method in IDEMPOTENT_METHODS):
-                    raise
-            except BaseException:
-                self.pool.release(connection)
-                raise
-            connection = await self.pool.fresh(upstream, verify=verify, connect_timeout=upstreams.connect_timeout)
-            try:
-                return await _send_on(connection, head, method, body, chunked)
-            except BaseException:
-                self.pool.release(connection)
-                raise
+            connection = self.pool.take_idle(upstream, verify=verify) or await self.pool.connect(
+                upstream, verify=verify, connect_timeout=upstreams.connect_timeout
+            )
+            while True:
+                answer = connection.send_head(head, is_head_request=method == "HEAD")
+                body_task = asyncio.create_task(_send_body(connection, body, chunked)) if body is not None else None
+                try:
+                    return _Sent(connection, await answer, body_task)
+                except BaseException as exc:
+                    if body_task is not None:
+                        body_task.cancel()
+                    self.pool.release(connection)
+                    # A pooled connection the app had closed meanwhile: once more on a new one, when that cannot repeat a side effect.
+                    if not (isinstance(exc, UpstreamClosed) and exc.before_response and connection.reused and body is None and method in IDEMPOTENT_METHODS):
+                        raise
+                connection = await self.pool.connect(upstream, verify=verify, connect_timeout=upstreams.connect_timeout)
 
         # Once part of the body has gone upstream it cannot be sent to another one.
         reached = await self._first_reachable(upstreams, send, may_retry=lambda: body is None or not body.started)

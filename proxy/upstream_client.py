@@ -292,10 +292,12 @@ class UpstreamPool:
         self._sweeper: asyncio.TimerHandle | None = None
         self._in_use: set[UpstreamConnection] = set()
 
-    async def acquire(self, upstream: Upstream, *, verify: bool, connect_timeout: float) -> UpstreamConnection:
-        """Return an idle pooled connection to upstream, or a new one (raising OSError or TimeoutError)."""
-        key = (upstream, verify)
-        idle = self._idle.get(key)
+    def take_idle(self, upstream: Upstream, *, verify: bool) -> UpstreamConnection | None:
+        """Return an idle pooled connection to upstream that is still good, if there is one.
+
+        Not a coroutine: the common case, a pooled connection, costs no await.
+        """
+        idle = self._idle.get((upstream, verify))
         if idle:
             now = asyncio.get_running_loop().time()
             while idle:
@@ -306,12 +308,10 @@ class UpstreamPool:
                 connection.reused = True
                 self._in_use.add(connection)
                 return connection
-        connection = await self._connect(upstream, key, verify, connect_timeout)
-        self._in_use.add(connection)
-        return connection
+        return None
 
-    async def fresh(self, upstream: Upstream, *, verify: bool, connect_timeout: float) -> UpstreamConnection:
-        """Return a new connection, for a retry after a pooled one turned out closed."""
+    async def connect(self, upstream: Upstream, *, verify: bool, connect_timeout: float) -> UpstreamConnection:
+        """Return a new connection to upstream (raising OSError or TimeoutError)."""
         connection = await self._connect(upstream, (upstream, verify), verify, connect_timeout)
         self._in_use.add(connection)
         return connection
