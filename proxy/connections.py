@@ -64,11 +64,9 @@ class GuardedServer(web.Server):
         self.max_connections = max_connections
         self.at_capacity_logged = False
         self.head_limits = {"max_line": max_line_size, "max_field": max_field_size, "max_headers": 128}  # aiohttp's own
-        self.writes: WriteBatch | None = None  # made on the loop, with the first connection
+        self.writes = WriteBatch(self._loop)
 
     def __call__(self) -> RequestHandler:
-        if self.writes is None:
-            self.writes = WriteBatch(self._loop)
         return GuardedConnection(self, loop=self._loop, **self._kwargs)
 
 
@@ -134,7 +132,6 @@ class GuardedConnection(RequestHandler):
         if head is not None:
             self._unanswered.clear()
             self._cancel_head_deadline()
-            assert self._guard.writes is not None
             self._answering = self._loop.create_task(self._answer(FastRequest(self, head, self._guard.writes)))
         elif self._head_reader.needs_aiohttp or len(self._unanswered) > _READ_AHEAD:
             self._head_reader = None
@@ -160,8 +157,7 @@ class GuardedConnection(RequestHandler):
         finally:
             self._answering = None
         if not keep_alive or self._force_close or self._close or self.transport is None:
-            if self._guard.writes is not None:
-                self._guard.writes.flush()  # an answer waiting to be written goes before the close
+            self._guard.writes.flush()  # an answer waiting to be written goes before the close
             self.force_close()
             return
         self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
