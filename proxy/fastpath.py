@@ -1,10 +1,10 @@
 """Requests without a body, read by llhttp (httptools) and answered without aiohttp's request machinery.
 
-For every request aiohttp's server starts a task of its own, builds a URL object, a header
-multidict and a request object, and keeps response bookkeeping: more than the rest of relaying
-a small response costs. Most of what a browser asks a dev server for (modules, assets, API
-reads) is a GET without a body, so a client connection reads those heads itself and hands the
-handler a FastRequest. Whatever else arrives — a body, an upgrade, a head llhttp rejects or one
+For every request aiohttp's server wakes its connection's task, starts a second task to run the
+handler in, builds a URL object and a request object, and keeps response bookkeeping: about
+6 µs of CPU on the benchmark machine, an eighth of relaying a small response. Most of what a
+browser asks a dev server for (modules, assets, API reads) is a GET without a body, so a client
+connection reads those heads itself and hands the handler a FastRequest, in one task. Whatever else arrives — a body, an upgrade, a head llhttp rejects or one
 over aiohttp's limits, several requests in one read — goes to aiohttp instead, from its first
 byte, and the connection stays with aiohttp from then on: aiohttp's parser and error answers
 remain the only judges of anything unusual.

@@ -165,3 +165,21 @@ async def test_an_idle_connection_between_requests_is_not_closed_early(rig: Rig)
         assert (await read_response(reader)).body == b"GET /2 "
         _, closed = await read_for(reader, 0.2)
         assert not closed
+
+
+async def test_many_connections_at_once_each_get_their_own_answers_in_order(rig: Rig) -> None:
+    """Answers written together in one pass of the event loop must each reach their own connection, in order."""
+
+    async def client(n: int) -> list[bytes]:
+        async with connection(rig.proxy.port) as (reader, writer):
+            bodies = []
+            for k in range(10):
+                writer.write(get(f"/{n}/{k}"))
+                await writer.drain()
+                bodies.append((await read_response(reader)).body)
+            return bodies
+
+    results = await asyncio.gather(*(client(n) for n in range(30)))
+    for n, bodies in enumerate(results):
+        assert bodies == [f"GET /{n}/{k} ".encode() for k in range(10)]
+    assert len(rig.backend.requests) == 300
