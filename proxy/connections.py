@@ -14,14 +14,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from aiohttp import HttpVersion11, web
 from aiohttp.web_protocol import RequestHandler
 
-from proxy.fastpath import FastRequest, HeadReader, WriteBatch
+from proxy.fastpath import ClientRequest, FastRequest, HeadReader, WriteBatch
 
 log = logging.getLogger("proxy")
+
+Handler = Callable[[ClientRequest], Awaitable[web.StreamResponse]]
 
 HEAD_TIMEOUT = 10.0  # seconds from a request head's first byte to its last
 IDLE_TIMEOUT = 60.0  # seconds a keep-alive client connection may sit between requests
@@ -58,9 +61,9 @@ _SLOW = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nContent-Le
 class GuardedServer(web.Server):
     """aiohttp's low-level server whose connections are GuardedConnection, at most `max_connections` at once."""
 
-    def __init__(self, handler: Any, *, max_connections: int, max_field_size: int, max_line_size: int, **kwargs: Any) -> None:
+    def __init__(self, handler: Handler, *, max_connections: int, max_field_size: int, max_line_size: int, **kwargs: Any) -> None:
         super().__init__(handler, keepalive_timeout=IDLE_TIMEOUT, max_field_size=max_field_size, max_line_size=max_line_size, **kwargs)
-        self.handler = handler
+        self.handler = handler  # aiohttp's own attribute is typed for its requests only
         self.max_connections = max_connections
         self.at_capacity_logged = False
         self.head_limits = {"max_line": max_line_size, "max_field": max_field_size, "max_headers": 128}  # aiohttp's own

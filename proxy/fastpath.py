@@ -4,10 +4,11 @@ For every request aiohttp's server wakes its connection's task, starts a second 
 handler in, builds a URL object and a request object, and keeps response bookkeeping: about
 6 µs of CPU on the benchmark machine, an eighth of relaying a small response. Most of what a
 browser asks a dev server for (modules, assets, API reads) is a GET without a body, so a client
-connection reads those heads itself and hands the handler a FastRequest, in one task. Whatever else arrives — a body, an upgrade, a head llhttp rejects or one
-over aiohttp's limits, several requests in one read — goes to aiohttp instead, from its first
-byte, and the connection stays with aiohttp from then on: aiohttp's parser and error answers
-remain the only judges of anything unusual.
+connection reads those heads itself and hands the handler a FastRequest, in one task. Whatever
+else arrives — a body, an upgrade, a head llhttp rejects or one over aiohttp's limits, several
+requests in one read — goes to aiohttp instead, from its first byte, and the connection stays
+with aiohttp from then on: aiohttp's parser and error answers remain the only judges of
+anything unusual.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ class WriteBatch:
     ones ready in one pass together lets a client waiting on many connections (a browser, a load
     generator) read them in one go. Measured: about 6 % more small responses per second at 50
     connections. Only for connections read here: they take no next request until the answer
-    is handed over, and close only after an answer that is not kept alive (written at once).
+    is handed over, and flush the batch before they close.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:

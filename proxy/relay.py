@@ -81,7 +81,7 @@ class RelayedResponse(web.StreamResponse):
         has_body = not must_be_empty_body(request.method, self.status)
         framing = self._frame(request, has_body=has_body, length=len(body) if self._relayed_length is None else self._relayed_length)
         data = self._head(request, framing) + (body if has_body else b"")
-        if isinstance(request, FastRequest) and self._keep_alive:
+        if isinstance(request, FastRequest):
             request.write_soon(data)
         else:  # aiohttp may close the connection, or write a next answer, as soon as this returns
             transport.write(data)
