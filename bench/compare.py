@@ -39,7 +39,7 @@ import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -82,8 +82,12 @@ class Settings:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     if args.quick:
-        return Settings(quick=True, reps=args.reps or 1, load_seconds=2, short_seconds=1, big_download=False, idle_connections=1000, ws_messages=2000, many_sites=10_000)
-    return Settings(quick=False, reps=args.reps or 5, load_seconds=10, short_seconds=4, big_download=True, idle_connections=1000, ws_messages=20_000, many_sites=10_000)
+        return Settings(
+            quick=True, reps=args.reps or 1, load_seconds=2, short_seconds=1, big_download=False, idle_connections=1000, ws_messages=2000, many_sites=10_000
+        )
+    return Settings(
+        quick=False, reps=args.reps or 5, load_seconds=10, short_seconds=4, big_download=True, idle_connections=1000, ws_messages=20_000, many_sites=10_000
+    )
 
 
 def progress(text: str) -> None:
@@ -148,7 +152,7 @@ def write_self_signed(folder: Path) -> tuple[Path, Path]:
     """
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     names = x509.SubjectAlternativeName([x509.DNSName(HOST), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     certificate = (
         x509.CertificateBuilder()
@@ -369,7 +373,9 @@ class Endpoint:
         return f"{scheme}://127.0.0.1:{self.port(scheme)}{path}"
 
 
-def start_nginx(stack: ExitStack, tools: Tools, name: str, folder: Path, body: str, access_log: str, cert: tuple[Path, Path], http: int, https: int) -> Endpoint:
+def start_nginx(
+    stack: ExitStack, tools: Tools, name: str, folder: Path, body: str, access_log: str, cert: tuple[Path, Path], http: int, https: int
+) -> Endpoint:
     """Start nginx (master + 1 worker) with its own prefix under folder; return its endpoint."""
     prefix = folder / name
     prefix.mkdir()
@@ -675,16 +681,15 @@ class EchoRate:
 async def echo_round_trips(url: str, host: str, count: int, time_limit: float) -> EchoRate:
     message = "x" * 32
     timeout = aiohttp.ClientTimeout(total=time_limit + 30)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        async with session.ws_connect(url, headers={"Host": host}) as ws:
-            done, started = 0, time.perf_counter()
-            while done < count and time.perf_counter() - started < time_limit:
-                await ws.send_str(message)
-                reply = await ws.receive(timeout=10)
-                if reply.type != aiohttp.WSMsgType.TEXT or reply.data != message:
-                    raise BenchError(f"{url}: the echo came back as {reply.type.name} {str(reply.data)[:100]!r}")
-                done += 1
-            elapsed = time.perf_counter() - started
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.ws_connect(url, headers={"Host": host}) as ws:
+        done, started = 0, time.perf_counter()
+        while done < count and time.perf_counter() - started < time_limit:
+            await ws.send_str(message)
+            reply = await ws.receive(timeout=10)
+            if reply.type != aiohttp.WSMsgType.TEXT or reply.data != message:
+                raise BenchError(f"{url}: the echo came back as {reply.type.name} {str(reply.data)[:100]!r}")
+            done += 1
+        elapsed = time.perf_counter() - started
     return EchoRate(done, done / elapsed)
 
 
@@ -813,7 +818,9 @@ def measure_scheme(bench: Bench, results: Results, scheme: str) -> None:
     for endpoint in bench.endpoints:
         run = run_wrk(bench.tools, endpoint.url(scheme, "/small"), 50, s.load_seconds, endpoint.pid)
         record_load(results, f"{scheme}.small50", endpoint.name, run)
-        progress(f"  {scheme} small, 50 connections, {endpoint.name}: {run.wrk.requests_per_s:,.0f} req/s, p50 {run.wrk.p50_ms:.2f} ms, p99 {run.wrk.p99_ms:.2f} ms")
+        progress(
+            f"  {scheme} small, 50 connections, {endpoint.name}: {run.wrk.requests_per_s:,.0f} req/s, p50 {run.wrk.p50_ms:.2f} ms, p99 {run.wrk.p99_ms:.2f} ms"
+        )
     for endpoint in bench.endpoints:
         run = run_wrk(bench.tools, endpoint.url(scheme, "/small"), 1, s.short_seconds, endpoint.pid)
         record_load(results, f"{scheme}.small1", endpoint.name, run)
@@ -954,7 +961,13 @@ class Target:
 def issue_targets(results: Results, settings: Settings) -> list[Target]:
     added_ms = results.median("http.small1.added", "proxy")
     targets = [
-        Target("HTTP 13 B responses, 50 connections, proxy ÷ nginx req/s ≥ 0.35 (required; aim 0.5)", results.ratio("http.small50.rps", "proxy", "nginx"), 0.35, False, "×"),
+        Target(
+            "HTTP 13 B responses, 50 connections, proxy ÷ nginx req/s ≥ 0.35 (required; aim 0.5)",
+            results.ratio("http.small50.rps", "proxy", "nginx"),
+            0.35,
+            False,
+            "×",
+        ),
         Target("HTTP 1 connection, p50 added over direct ≤ 150 µs", None if added_ms is None else added_ms * 1000, 150, True, " µs", 0),
         Target("HTTP 1 MiB responses, proxy ÷ nginx throughput ≥ 0.8", results.ratio("http.mib1.mibs", "proxy", "nginx"), 0.8, False, "×"),
     ]
@@ -989,7 +1002,7 @@ def notes(results: Results) -> list[str]:
     if headroom is not None:
         lines.append(f"- The backend alone serves {headroom:.1f}× the 13 B req/s that nginx in front of it reaches, so it is not what limits either proxy.")
     lines += [
-        "- wrk, the servers and the backend share the machine's cores; at 50 connections \"direct\" is partly limited by wrk itself.",
+        '- wrk, the servers and the backend share the machine\'s cores; at 50 connections "direct" is partly limited by wrk itself.',
         "- Idle connections are measured on a new nginx and a new proxy (HTTP only) per repetition, after 600 requests on one "
         "connection, so neither the load runs' leftovers nor the inspector filling up count. RSS counts whole 4 KiB pages.",
         "- The 100 MiB download is read by one Python client (a 1 MiB recv_into buffer); its rate caps the direct numbers. "
@@ -1034,7 +1047,7 @@ def machine_lines(tools: Tools) -> list[str]:
         f"{first_line([tools.wrk, '-v']).split(' Copyright')[0]}",
         f"- Proxy event loop: {event_loop()} (what `run` picks by default in this environment)",
         f"- Proxy commit: {commit}",
-        f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
     ]
 
 

@@ -94,7 +94,9 @@ async def main() -> None:
 
     ms = sorted(x * 1000 for x in latencies)
     style = "in place" if args.in_place else "rename-over"
-    print(f"{len(ms)} saves ({style}): median {statistics.median(ms):.0f} ms, p90 {ms[int(len(ms) * 0.9) - 1]:.0f} ms, worst {ms[-1]:.0f} ms, best {ms[0]:.0f} ms")
+    print(
+        f"{len(ms)} saves ({style}): median {statistics.median(ms):.0f} ms, p90 {ms[int(len(ms) * 0.9) - 1]:.0f} ms, worst {ms[-1]:.0f} ms, best {ms[0]:.0f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -24,9 +24,8 @@ from pathlib import Path
 
 def handshake(port: int, name: str, context: ssl.SSLContext) -> float:
     started = time.perf_counter()
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        with context.wrap_socket(sock, server_hostname=name):
-            pass
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock, context.wrap_socket(sock, server_hostname=name):
+        pass
     return time.perf_counter() - started
 
 

@@ -182,7 +182,13 @@ async def send_demo_traffic(base: str, port: int) -> None:
         ("GET", "app1", "/static/app.css", {**browser_like, "Accept": "text/css,*/*;q=0.1"}, None),
         ("GET", "app1", "/static/app.js", {**browser_like, "Accept": "*/*"}, None),
         ("GET", "api", "/v1/products?page=1", api, None),
-        ("POST", "api", "/v1/orders", {**api, "Content-Type": "application/json", "Authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.demo.token"}, json.dumps(order).encode()),
+        (
+            "POST",
+            "api",
+            "/v1/orders",
+            {**api, "Content-Type": "application/json", "Authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.demo.token"},
+            json.dumps(order).encode(),
+        ),
         ("GET", "api", "/v1/orders/9999", api, None),
         ("GET", "billing", "/invoices", browser_like, None),
     ]
@@ -242,7 +248,9 @@ async def main() -> None:
                 async with async_playwright() as playwright:
                     browser = await playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
                     try:
-                        page = await browser.new_page(viewport={"width": VIEWPORT["width"], "height": VIEWPORT["height"]}, color_scheme="light", device_scale_factor=1)
+                        page = await browser.new_page(
+                            viewport={"width": VIEWPORT["width"], "height": VIEWPORT["height"]}, color_scheme="light", device_scale_factor=1
+                        )
                         await photograph(page, f"http://localhost:{port}/")
                     finally:
                         await browser.close()

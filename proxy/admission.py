@@ -50,5 +50,9 @@ def refusal(method: str, target: str, version: tuple[int, int], host: str, trans
         return Refusal(400, "Transfer-Encoding in HTTP/1.0", "An HTTP/1.0 request cannot be sent chunked; send it as HTTP/1.1 or with Content-Length.")
     if codings and codings != ["chunked"]:
         # A coding under chunked (gzip, chunked) would reach the app as if it were the plain body.
-        return Refusal(501, "Transfer coding not supported", f"Transfer-Encoding: {', '.join(codings)[:100]} is not supported; send the body chunked or with Content-Length.")
+        return Refusal(
+            501,
+            "Transfer coding not supported",
+            f"Transfer-Encoding: {', '.join(codings)[:100]} is not supported; send the body chunked or with Content-Length.",
+        )
     return None

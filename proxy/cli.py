@@ -52,13 +52,32 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", default="./sites.yaml", metavar="FILE", help="the sites file (default: ./sites.yaml)")
         return p
 
-    run = with_config(commands.add_parser("run", help="serve the sites in the config file", description="Serve the sites in the config file. Flags given here override the file's `listen:` section."))
-    run.add_argument("--http", type=_listen_arg, metavar="ADDR", help="HTTP listen address: PORT (127.0.0.1 and [::1]), HOST:PORT or [::1]:PORT; overrides listen.http in the file (default 7080)")
-    run.add_argument("--https", type=_listen_arg, metavar="ADDR", help="HTTPS listen address, same forms as --http; overrides listen.https in the file (default 7443)")
+    run = with_config(
+        commands.add_parser(
+            "run",
+            help="serve the sites in the config file",
+            description="Serve the sites in the config file. Flags given here override the file's `listen:` section.",
+        )
+    )
+    run.add_argument(
+        "--http",
+        type=_listen_arg,
+        metavar="ADDR",
+        help="HTTP listen address: PORT (127.0.0.1 and [::1]), HOST:PORT or [::1]:PORT; overrides listen.http in the file (default 7080)",
+    )
+    run.add_argument(
+        "--https", type=_listen_arg, metavar="ADDR", help="HTTPS listen address, same forms as --http; overrides listen.https in the file (default 7443)"
+    )
     run.add_argument("--no-https", action="store_true", help="do not start the HTTPS listener")
     run.add_argument("--certs", metavar="DIR", help="folder of the local CA (default: certs/ beside the config file)")
-    run.add_argument("--allow-remote", action="store_true", help="allow listening on addresses other machines can reach (off by default: the proxy forwards to your dev servers)")
-    run.add_argument("--show-secrets", action="store_true", help="show Authorization, Cookie and Set-Cookie values in the inspector and its API (redacted by default)")
+    run.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow listening on addresses other machines can reach (off by default: the proxy forwards to your dev servers)",
+    )
+    run.add_argument(
+        "--show-secrets", action="store_true", help="show Authorization, Cookie and Set-Cookie values in the inspector and its API (redacted by default)"
+    )
     run.add_argument(
         "--loop",
         choices=("auto", "uvloop", "asyncio"),
@@ -66,7 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="event loop: uvloop when installed (pip install 'localhost-proxy[fast]'), else asyncio's own (default: auto)",
     )
     with_config(commands.add_parser("check", help="validate the config file: exit 0 if valid, 2 with FILE:LINE:COL lines if not"))
-    add = with_config(commands.add_parser("add", help="add a site to the config file, keeping its comments", description="Add NAME -> TARGET to the config file in place (comments and layout kept); a running proxy picks it up."))
+    add = with_config(
+        commands.add_parser(
+            "add",
+            help="add a site to the config file, keeping its comments",
+            description="Add NAME -> TARGET to the config file in place (comments and layout kept); a running proxy picks it up.",
+        )
+    )
     add.add_argument("name", metavar="NAME", help="app1 (meaning app1.localhost), app1.localhost or *.preview.localhost")
     add.add_argument("target", metavar="TARGET", help="3000, 127.0.0.1:5173, http://[::1]:4000, https://127.0.0.1:8443, [8000, 8001] or {root: ./public}")
     add.add_argument("--replace", action="store_true", help="replace the site's target if it is already there")
@@ -74,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("name", metavar="NAME")
     ca = with_config(commands.add_parser("ca", help="create the local CA if missing; print its path, fingerprint, validity and permitted names"))
     ca.add_argument("--certs", metavar="DIR", help="folder of the local CA (default: certs/ beside the config file)")
-    for name, summary in (("trust", "add the local CA to the system store and the browsers' NSS databases, then verify it"), ("untrust", "remove the local CA from everywhere trust put it")):
+    for name, summary in (
+        ("trust", "add the local CA to the system store and the browsers' NSS databases, then verify it"),
+        ("untrust", "remove the local CA from everywhere trust put it"),
+    ):
         trust = with_config(commands.add_parser(name, help=summary))
         trust.add_argument("--certs", metavar="DIR", help="folder of the local CA (default: certs/ beside the config file)")
         trust.add_argument("--nssdb", metavar="DIR", action="append", help="only this NSS database (repeatable) instead of every one found")
@@ -82,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
         trust.add_argument("--dry-run", action="store_true", help="print the exact commands instead of running them")
     listing = with_config(commands.add_parser("list", help="the sites, their targets, and whether each answers now"))
     listing.add_argument("--json", action="store_true", help="print a JSON list for scripts")
-    ports_command = with_config(commands.add_parser("ports", help="every TCP listener on loopback (and on all interfaces), which sites route to it, and `add` lines for the rest"))
+    ports_command = with_config(
+        commands.add_parser("ports", help="every TCP listener on loopback (and on all interfaces), which sites route to it, and `add` lines for the rest")
+    )
     ports_command.add_argument("--json", action="store_true", help="print a JSON list for scripts")
     who_command = commands.add_parser("who", help="which process listens on PORT: exit 0 if one does, 1 if none")
     who_command.add_argument("port", type=_port_arg, metavar="PORT")
@@ -201,7 +231,7 @@ async def _list(path: str, *, as_json: bool) -> int:
         print(f"no sites in {path}")
         return EXIT_OK
     table = [(p.host, ", ".join(p.targets), "up" if p.up else "down") for p in probes]
-    widths = [max(len(row[i]) for row in table + [("HOST", "TARGET", "STATE")]) for i in range(3)]
+    widths = [max(len(row[i]) for row in [*table, ("HOST", "TARGET", "STATE")]) for i in range(3)]
     for row in [("HOST", "TARGET", "STATE"), *table]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     return EXIT_OK

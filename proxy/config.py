@@ -16,7 +16,6 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 from urllib.parse import urlsplit
 
 import yaml
@@ -126,7 +125,7 @@ class StaticRoot:
         return f"files in {self.path}" + (" (spa)" if self.spa else "")
 
 
-Target = Union[Upstreams, StaticRoot]
+Target = Upstreams | StaticRoot
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +163,7 @@ class Site:
 
     def same_routing(self, other: Site) -> bool:
         """Return whether two sites send every request to the same place (config lines aside)."""
+
         def key(site: Site) -> tuple[object, ...]:
             return (tuple((r.prefix, r.target, r.strip_prefix) for r in site.routes), site.tls, site.https_redirect)
 
@@ -247,9 +247,7 @@ def parse_listen_address(text: str) -> ListenAddress:
     else:
         host, sep, port = text.rpartition(":")
         if not sep or ":" in host:
-            raise ListenError(
-                f"{text!r} is not PORT, HOST:PORT or [IPv6]:PORT (for example 7080 or 127.0.0.1:7080)"
-            )
+            raise ListenError(f"{text!r} is not PORT, HOST:PORT or [IPv6]:PORT (for example 7080 or 127.0.0.1:7080)")
     port_number = _listen_port(port, text)
     if host.lower() == "localhost":
         return ListenAddress(None, port_number)
@@ -412,7 +410,9 @@ class _Parser:
         for key, (_, value_node) in self.mapping_items(node, LISTEN_KEYS, "listen").items():
             value = self.address_text(value_node)
             if not isinstance(value, (int, str)) or isinstance(value, bool):
-                self.error(value_node, f"`{key}:` must be PORT, HOST:PORT or [IPv6]:PORT, for example {DEFAULT_HTTP_PORT if key == 'http' else DEFAULT_HTTPS_PORT}")
+                self.error(
+                    value_node, f"`{key}:` must be PORT, HOST:PORT or [IPv6]:PORT, for example {DEFAULT_HTTP_PORT if key == 'http' else DEFAULT_HTTPS_PORT}"
+                )
                 continue
             try:
                 parsed[key] = parse_listen_address(str(value))

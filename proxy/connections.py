@@ -54,7 +54,9 @@ def connection_cap(open_file_limit: int) -> int:
 
 
 _BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 52\r\nConnection: close\r\n\r\nlocalhost-proxy has too many open connections; retry\n"
-_MALFORMED_BODY = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 40\r\nConnection: close\r\n\r\nthe request body broke its chunked form\n"
+_MALFORMED_BODY = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 40\r\nConnection: close\r\n\r\nthe request body broke its chunked form\n"
+)
 _SLOW = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nContent-Length: 48\r\nConnection: close\r\n\r\nthe request head took too long to arrive; retry\n"
 
 

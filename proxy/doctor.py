@@ -114,7 +114,9 @@ def judge_upstream(site_host: str, upstream: Upstream, accepts: bool) -> Check:
     return Check(
         WARN,
         f"{site_host} -> {upstream}: nothing accepts connections on {tried}",
-        fix=(f"start the app (it should listen on port {upstream.port}), or point the site at the port it uses: localhost-proxy add {site_host} PORT --replace",),
+        fix=(
+            f"start the app (it should listen on port {upstream.port}), or point the site at the port it uses: localhost-proxy add {site_host} PORT --replace",
+        ),
     )
 
 
@@ -127,10 +129,7 @@ def judge_localhost_resolution(addresses: Sequence[str] | None, error: str | Non
     name = RESOLVE_CHECK_NAME
     if addresses and all(a.startswith("127.") or a == "::1" for a in addresses):
         return Check(OK, f"*.localhost names resolve to loopback for every program ({name} -> {', '.join(addresses)})")
-    if addresses:
-        found = f"{name} resolves to {', '.join(addresses)}, not to loopback"
-    else:
-        found = f"{name} does not resolve ({error or 'no address'})"
+    found = f"{name} resolves to {', '.join(addresses)}, not to loopback" if addresses else f"{name} does not resolve ({error or 'no address'})"
     plain = [h for h in site_hosts if not h.startswith("*.")] or ["app1.localhost"]
     fix = []
     if platform != "macos":
@@ -150,8 +149,14 @@ def judge_ca_files(certs: str, has_cert: bool, has_key: bool, ca_command: str) -
     if not has_key and not has_cert:
         return Check(WARN, f"no local CA in {certs} yet: HTTPS sites need one", fix=(f"run `{ca_command}` (the proxy also makes it on its first HTTPS start)",))
     if not has_key:
-        return Check(WARN, f"{cert_path} is there but its key {key_path} is not: a new CA will be made", fix=(f"run `{ca_command}`, then `localhost-proxy trust` again",))
-    return Check(FAIL, f"the CA key {key_path} is there but its certificate {cert_path} is not: HTTPS cannot start", fix=(f"rm {shlex.quote(key_path)}; then run `{ca_command}` and `localhost-proxy trust`",))
+        return Check(
+            WARN, f"{cert_path} is there but its key {key_path} is not: a new CA will be made", fix=(f"run `{ca_command}`, then `localhost-proxy trust` again",)
+        )
+    return Check(
+        FAIL,
+        f"the CA key {key_path} is there but its certificate {cert_path} is not: HTTPS cannot start",
+        fix=(f"rm {shlex.quote(key_path)}; then run `{ca_command}` and `localhost-proxy trust`",),
+    )
 
 
 def judge_key_mode(key_path: str, mode: int) -> Check:
@@ -168,7 +173,9 @@ def judge_key_mode(key_path: str, mode: int) -> Check:
 def judge_ca_expiry(cert_path: str, not_after: datetime.datetime, now: datetime.datetime, ca_command: str) -> Check:
     """Return whether the CA is still valid, warning within EXPIRY_WARNING of its end."""
     left = not_after - now
-    remake = (f"rm the CA files in {shlex.quote(os.path.dirname(cert_path))} ({CA_CERT_FILE}, {CA_KEY_FILE}), run `{ca_command}`, then `localhost-proxy untrust` / `trust`",)
+    remake = (
+        f"rm the CA files in {shlex.quote(os.path.dirname(cert_path))} ({CA_CERT_FILE}, {CA_KEY_FILE}), run `{ca_command}`, then `localhost-proxy untrust` / `trust`",
+    )
     if left <= datetime.timedelta(0):
         return Check(FAIL, f"the CA {cert_path} expired on {not_after:%Y-%m-%d}: HTTPS cannot start", fix=remake)
     if left < EXPIRY_WARNING:
@@ -202,7 +209,9 @@ def judge_ca_trust(machine: trust.Machine, trust_command: str) -> Check:
     if not machine.nssdbs:
         details.append("no browser NSS databases found (Chrome and Firefox make theirs on first start; run trust after that)")
     if missing:
-        return Check(WARN, "the CA is not trusted by " + "; ".join(missing), tuple(details), (f"run `{trust_command}` (it asks for sudo for the system store)",))
+        return Check(
+            WARN, "the CA is not trusted by " + "; ".join(missing), tuple(details), (f"run `{trust_command}` (it asks for sudo for the system store)",)
+        )
     if not trusted:
         return Check(WARN, "cannot tell whether this machine trusts the CA", tuple(details), (f"run `{trust_command}`; it checks the result itself",))
     return Check(OK, "the CA is trusted", tuple(details))
@@ -303,8 +312,15 @@ def _ca_checks(certs: str, config_path: str, certs_arg: str | None) -> list[Chec
         with open(cert_path, "rb") as f:
             certificate = x509.load_pem_x509_certificate(f.read())
     except (OSError, ValueError) as exc:
-        return [*checks, Check(FAIL, f"cannot read the CA certificate {cert_path}: {exc}", fix=(f"remove {CA_CERT_FILE} and {CA_KEY_FILE} from {certs}, then run `{ca_command}`",))]
-    now = datetime.datetime.now(datetime.timezone.utc)
+        return [
+            *checks,
+            Check(
+                FAIL,
+                f"cannot read the CA certificate {cert_path}: {exc}",
+                fix=(f"remove {CA_CERT_FILE} and {CA_KEY_FILE} from {certs}, then run `{ca_command}`",),
+            ),
+        ]
+    now = datetime.datetime.now(datetime.UTC)
     expiry = judge_ca_expiry(cert_path, certificate.not_valid_after_utc, now, ca_command)
     checks.append(expiry)
     if checks[0].status == OK and expiry.status != FAIL:
@@ -335,4 +351,3 @@ def _privileged_ports_check(wanted: list[int]) -> Check:
     except (OSError, ValueError):
         pass  # not Linux, or a kernel before 4.11: judge says it cannot tell
     return judge_privileged_ports(start, os.geteuid() == 0, platform, wanted)
-

@@ -51,7 +51,7 @@ class FastRequest:
     response) gets a real one from as_aiohttp(), built on the same connection.
     """
 
-    __slots__ = ("method", "raw_path", "version", "raw_headers", "headers", "keep_alive", "_protocol", "_writes", "_aiohttp")
+    __slots__ = ("_aiohttp", "_protocol", "_writes", "headers", "keep_alive", "method", "raw_headers", "raw_path", "version")
 
     body_exists = False
     content_length = None
@@ -87,8 +87,16 @@ class FastRequest:
         if self._aiohttp is None:
             path, _, query = self.raw_path.partition("?")
             message = RawRequestMessage(
-                self.method, self.raw_path, self.version, self.headers, self.raw_headers,
-                not self.keep_alive, None, False, False, URL.build(path=path, query_string=query, encoded=True),
+                self.method,
+                self.raw_path,
+                self.version,
+                self.headers,
+                self.raw_headers,
+                not self.keep_alive,
+                None,
+                False,
+                False,
+                URL.build(path=path, query_string=query, encoded=True),
             )
             loop = asyncio.get_running_loop()
             task = cast("asyncio.Task[None]", asyncio.current_task())

@@ -186,11 +186,21 @@ def describe_failure(exc: BaseException, upstream: Upstream, timeout: float) -> 
     tried = upstream.tried_addresses
     port = upstream.port
     if isinstance(exc, (aiohttp.ConnectionTimeoutError, asyncio.TimeoutError)):
-        return UpstreamFailure(504, f"no answer within {timeout:g} s while connecting", f"Is the app on port {port} stuck, or is a firewall dropping the connection? Raise connect_timeout in sites.yaml if it is just slow to start.", tried)
+        return UpstreamFailure(
+            504,
+            f"no answer within {timeout:g} s while connecting",
+            f"Is the app on port {port} stuck, or is a firewall dropping the connection? Raise connect_timeout in sites.yaml if it is just slow to start.",
+            tried,
+        )
     if isinstance(exc, aiohttp.ClientConnectorCertificateError | ssl.SSLCertVerificationError):
         why = exc.certificate_error if isinstance(exc, aiohttp.ClientConnectorCertificateError) else exc.verify_message
-        return UpstreamFailure(502, f"the app's TLS certificate was not accepted ({why})", "Set `verify: false` on this site, or give the app a certificate this machine trusts.", tried)
-    if isinstance(exc, aiohttp.ClientConnectorSSLError) or isinstance(exc, ssl.SSLError):
+        return UpstreamFailure(
+            502,
+            f"the app's TLS certificate was not accepted ({why})",
+            "Set `verify: false` on this site, or give the app a certificate this machine trusts.",
+            tried,
+        )
+    if isinstance(exc, (aiohttp.ClientConnectorSSLError, ssl.SSLError)):
         if upstream.scheme == "https":
             hint = f"Does the app on port {port} speak plain HTTP? Then write http://{upstream.authority} in sites.yaml."
         else:
@@ -200,7 +210,9 @@ def describe_failure(exc: BaseException, upstream: Upstream, timeout: float) -> 
         os_error = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
         if isinstance(os_error, ConnectionRefusedError) or getattr(os_error, "errno", None) == 111:
             return UpstreamFailure(502, "connection refused", f"Nothing is listening on port {port}: start your app, or change the port in sites.yaml.", tried)
-        return UpstreamFailure(502, f"cannot connect: {os_error.strerror or os_error}", f"Check that the app is running and reachable at {upstream.authority}.", tried)
+        return UpstreamFailure(
+            502, f"cannot connect: {os_error.strerror or os_error}", f"Check that the app is running and reachable at {upstream.authority}.", tried
+        )
     if isinstance(exc, aiohttp.ServerDisconnectedError | UpstreamClosed):
         hint = "The app closed the connection without answering: check its own log."
         if upstream.scheme == "http":
@@ -272,7 +284,7 @@ class Forwarder:
         for upstream in self.book.attempt_order(upstreams):
             try:
                 result = await attempt(upstream)
-            except (UpstreamError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, UpstreamError, aiohttp.ClientError, OSError) as exc:
                 failure = dataclasses.replace(describe_failure(exc, upstream, upstreams.connect_timeout), upstream=upstream)
                 self.book.mark_down(upstream, failure.reason)
                 log.info("%s: %s (tried %s)", upstream, failure.reason, ", ".join(failure.tried))
@@ -324,7 +336,13 @@ class Forwarder:
             fields = response_fields_for_client(sent.head.status, sent.head.headers)
             if isinstance(fields, str):
                 sent.connection.close()  # what follows on it cannot be trusted
-                return UpstreamFailure(502, f"the app sent {fields}", "The proxy does not pass on a response it cannot frame unambiguously; check the app's response code.", upstream.tried_addresses, upstream)
+                return UpstreamFailure(
+                    502,
+                    f"the app sent {fields}",
+                    "The proxy does not pass on a response it cannot frame unambiguously; check the app's response code.",
+                    upstream.tried_addresses,
+                    upstream,
+                )
             return await self._relay_response(request, sent, fields, exchange)
         finally:
             if sent.body_task is not None and not sent.body_task.done():
@@ -432,7 +450,9 @@ class Forwarder:
 
             async def going_away() -> None:
                 bye = b"proxy shutting down"
-                await asyncio.gather(client_ws.close(code=WS_GOING_AWAY, message=bye), upstream_ws.close(code=WS_GOING_AWAY, message=bye), return_exceptions=True)
+                await asyncio.gather(
+                    client_ws.close(code=WS_GOING_AWAY, message=bye), upstream_ws.close(code=WS_GOING_AWAY, message=bye), return_exceptions=True
+                )
 
             stream = OpenStream(end=going_away)
             self.open_streams.add(stream)

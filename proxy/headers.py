@@ -33,9 +33,7 @@ HOP_BY_HOP = frozenset(
 NEVER_STRIPPED = frozenset({"host", "content-length"})
 FORWARDED_BY_US = frozenset({"forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port"})
 # Request fields the WebSocket client library writes itself on the upstream handshake.
-WEBSOCKET_HANDSHAKE = frozenset(
-    {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol", "sec-websocket-accept"}
-)
+WEBSOCKET_HANDSHAKE = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol", "sec-websocket-accept"})
 # Lists the sites a request has passed through, to catch a dev server proxying back to us.
 LOOP_HEADER = "X-Localhost-Proxy-Via"
 # Marks the dashboard's own replay of a captured request; never forwarded.

@@ -23,7 +23,7 @@ RawHeaders = tuple[tuple[bytes, bytes], ...]
 class BodyTap:
     """Counts a body's bytes and keeps its first `limit` of them."""
 
-    __slots__ = ("data", "size", "limit", "is_complete")
+    __slots__ = ("data", "is_complete", "limit", "size")
 
     def __init__(self, limit: int) -> None:
         self.data = bytearray()

@@ -16,7 +16,25 @@ from proxy.ports import ListeningSocket, tcp_listeners
 # How far a dev server that found its port taken usually moves (Vite, Next.js and CRA count up).
 NEIGHBOUR_DISTANCE = 3
 # Known dev servers, named by what their command line contains (node runs most of them).
-_DEV_SERVERS = ("vite", "next", "webpack", "nuxt", "astro", "remix", "parcel", "storybook", "gatsby", "svelte-kit", "ng serve", "runserver", "uvicorn", "flask", "rails", "hugo", "jekyll")
+_DEV_SERVERS = (
+    "vite",
+    "next",
+    "webpack",
+    "nuxt",
+    "astro",
+    "remix",
+    "parcel",
+    "storybook",
+    "gatsby",
+    "svelte-kit",
+    "ng serve",
+    "runserver",
+    "uvicorn",
+    "flask",
+    "rails",
+    "hugo",
+    "jekyll",
+)
 
 
 def who(listener: ListeningSocket) -> str:

@@ -29,7 +29,7 @@ async def accepts_connections(host: str, port: int, timeout: float = 0.5) -> boo
     """Return whether something accepts a TCP connection on host:port right now."""
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     writer.close()
     return True
@@ -54,7 +54,7 @@ async def probe_sites(config: Config) -> list[SiteProbe]:
 
     async def route_is_up(target: Upstreams | StaticRoot) -> tuple[bool, list[dict[str, object]]]:
         if isinstance(target, StaticRoot):
-            return os.path.isdir(target.path), []
+            return await asyncio.to_thread(os.path.isdir, target.path), []
         states = await asyncio.gather(*(upstream_is_up(u) for u in target.addresses))
         return any(states), [{"url": str(u), "up": up} for u, up in zip(target.addresses, states)]
 
@@ -119,9 +119,7 @@ def tcp_listeners(ports: Collection[int] | None = None) -> tuple[list[ListeningS
     found: list[tuple[str, int, int | None]] = []
     note = None
     try:
-        for conn in psutil.net_connections(kind="tcp"):
-            if conn.status == psutil.CONN_LISTEN and conn.laddr:
-                found.append((conn.laddr.ip, conn.laddr.port, conn.pid))
+        found += [(c.laddr.ip, c.laddr.port, c.pid) for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.laddr]
     except psutil.AccessDenied:
         note = "only your own processes are listed; run with sudo to see every listener"
         for process in psutil.process_iter():

@@ -115,7 +115,13 @@ class Reloader:
         if scheme in self.overridden:
             if address != self._noted_listen[scheme]:  # say it once per value, not on every reload
                 self._noted_listen[scheme] = address
-                log.info("note: listen.%s in %s is now %s, but --%s on the command line takes precedence; restart without it to use the file's", scheme, self.path, address, scheme)
+                log.info(
+                    "note: listen.%s in %s is now %s, but --%s on the command line takes precedence; restart without it to use the file's",
+                    scheme,
+                    self.path,
+                    address,
+                    scheme,
+                )
             return
         try:
             listeners = await self.server.move_listeners(scheme, address, allow_remote=self.allow_remote)

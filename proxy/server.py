@@ -20,9 +20,10 @@ from urllib.parse import urlsplit
 
 from aiohttp import HttpVersion10, HttpVersion11, web
 
+from proxy import hosthints
 from proxy.accesslog import AccessLog
 from proxy.admission import refusal
-from proxy.config import Config, ListenAddress, certs_folder, Site, StaticRoot, Upstreams, format_host
+from proxy.config import Config, ListenAddress, Site, StaticRoot, Upstreams, certs_folder, format_host
 from proxy.connections import GuardedServer
 from proxy.dashboard import pages
 from proxy.dashboard.views import Dashboard
@@ -30,7 +31,6 @@ from proxy.errors import ListenError
 from proxy.fastpath import ClientRequest, aiohttp_request
 from proxy.forward import Forwarder, UpstreamFailure, is_websocket_upgrade, new_upstream_session
 from proxy.headers import LOOP_HEADER, REPLAY_HEADER, sites_passed
-from proxy import hosthints
 from proxy.hosthints import detect_host_refusal
 from proxy.inspector import BODY_LIMIT, Exchange, RequestLog
 from proxy.nearby import explain_refused
@@ -209,7 +209,8 @@ class ProxyServer:
                     log.warning(
                         "TLS for %s refused: the local CA only signs localhost names. To serve it over HTTPS, give its site "
                         "`tls: {cert: FILE, key: FILE}` (for example from `mkcert %s`), or rename it under .localhost",
-                        name, name,
+                        name,
+                        name,
                     )
                 if isinstance(connection, AlertingSSLObject):
                     connection.is_refused = True
@@ -249,7 +250,9 @@ class ProxyServer:
         """Answer one request; never raises for anything a client or upstream can do."""
         started = time.monotonic()
         host_header, target = _host_and_target(request)
-        exchange = Exchange(request.method, "https" if request.secure else "http", host_header, target, started_at=time.time(), request_headers=request.raw_headers)
+        exchange = Exchange(
+            request.method, "https" if request.secure else "http", host_header, target, started_at=time.time(), request_headers=request.raw_headers
+        )
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
@@ -316,7 +319,9 @@ class ProxyServer:
         if kind is HostKind.FOREIGN:
             return pages.bare_not_found()
         if kind is HostKind.OWN:
-            return await self.dashboard.handle(aiohttp_request(request), target, request.headers.get("Accept", ""), scheme, _local_port(request), _dashboard_url(request))
+            return await self.dashboard.handle(
+                aiohttp_request(request), target, request.headers.get("Accept", ""), scheme, _local_port(request), _dashboard_url(request)
+            )
         self._start_capture(request, exchange, site)
         if kind is HostKind.LOCAL or site is None:
             return pages.unknown_site_response(
@@ -334,7 +339,7 @@ class ProxyServer:
                 "Loop detected",
                 f"This request for {site.host} came back to the proxy from its own upstream.",
                 "The app behind this site forwards requests to the proxy again. Point its proxy setting at the app's real port, or set preserve_host: false.",
-                {"site": site.host, "passed through": passed + [site.host]},
+                {"site": site.host, "passed through": [*passed, site.host]},
             )
         match = match_route(site, target)
         if match is None:
@@ -352,7 +357,7 @@ class ProxyServer:
             exchange.upstream = "static"
             return await serve_static(aiohttp_request(request), route_target, match.target, self.private_paths)
         assert self._forwarder is not None
-        via = passed + [site.host]
+        via = [*passed, site.host]
         if is_websocket_upgrade(request):
             result = await self._forwarder.forward_websocket(aiohttp_request(request), match, route_target, exchange, via=via, proto=scheme)
         else:
@@ -407,7 +412,8 @@ def _warn_about_names_outside_the_ca(sites: list[Site] | tuple[Site, ...], site_
             log.warning(
                 "%s: HTTP works, but the local CA cannot sign for names outside .localhost. For HTTPS give the site "
                 "`tls: {cert: FILE, key: FILE}` (for example made by `mkcert %s`)",
-                site.host, site.host,
+                site.host,
+                site.host,
             )
 
 

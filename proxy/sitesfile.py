@@ -7,6 +7,7 @@ is the one function that touches the disk. Nothing here prints.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
@@ -89,7 +90,7 @@ def remove_site(text: str, file: str, name: str) -> str:
     doc.check_original(_no_disk, skip=range(first, last + 1))
     lines = list(doc.lines)
     del lines[first : last + 1]
-    if 0 < first and _is_blank(lines[first - 1]) and (first == len(lines) or _is_blank(lines[first])):
+    if first > 0 and _is_blank(lines[first - 1]) and (first == len(lines) or _is_blank(lines[first])):
         del lines[first - 1]
     return doc.finish(lines, [(e.name, e.shape) for e in doc.entries if e is not entry], _no_disk)
 
@@ -136,10 +137,8 @@ def write_atomically(path: str, text: str) -> None:
         raise SitesFileError(f"cannot write {path}: {exc.strerror or exc}; check the folder's permissions and free space") from None
     finally:
         if temp:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(temp)
-            except OSError:
-                pass
 
 
 def _fsync_folder(folder: str) -> None:
@@ -385,7 +384,7 @@ class _Document:
         nl = self.newline
         if self.sites_key is None:
             _end_with_newline(lines, nl)
-            return lines + [f"sites:{nl}", f"  {key_text}: {value_text}{nl}"]
+            return [*lines, f"sites:{nl}", f"  {key_text}: {value_text}{nl}"]
         if self.entries:
             at = self.entries[-1].last_line + 1
             indent = self.entries[0].key.start_mark.column

@@ -45,7 +45,7 @@ class CertificateError(ProxyError):
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def is_local_tls_name(name: str) -> bool:
@@ -116,7 +116,9 @@ def _load_ca(cert_path: str, key_path: str) -> LocalCA:
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key().public_numbers() != certificate.public_key().public_numbers():  # type: ignore[union-attr]
         raise CertificateError(f"{cert_path} does not belong to {key_path}; remove both to make a new CA (then run `trust` again)")
     if certificate.not_valid_after_utc < _now():
-        raise CertificateError(f"the CA in {cert_path} expired on {certificate.not_valid_after_utc:%Y-%m-%d}; remove {CA_CERT_FILE} and {CA_KEY_FILE} to make a new one, then run `trust`")
+        raise CertificateError(
+            f"the CA in {cert_path} expired on {certificate.not_valid_after_utc:%Y-%m-%d}; remove {CA_CERT_FILE} and {CA_KEY_FILE} to make a new one, then run `trust`"
+        )
     return LocalCA(certificate, key, cert_path, key_path)
 
 
@@ -142,8 +144,15 @@ def _create_ca(certs_dir: str, cert_path: str, key_path: str) -> LocalCA:
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -168,7 +177,11 @@ def _create_ca(certs_dir: str, cert_path: str, key_path: str) -> LocalCA:
         f.write(key_pem)
     with open(cert_path, "wb") as f:
         f.write(certificate.public_bytes(serialization.Encoding.PEM))
-    log.info("created a local CA in %s (fingerprint %s); run `localhost-proxy trust` so browsers accept it", certs_dir, certificate.fingerprint(hashes.SHA256()).hex(":").upper()[:23])
+    log.info(
+        "created a local CA in %s (fingerprint %s); run `localhost-proxy trust` so browsers accept it",
+        certs_dir,
+        certificate.fingerprint(hashes.SHA256()).hex(":").upper()[:23],
+    )
     return LocalCA(certificate, key, cert_path, key_path)
 
 
@@ -204,8 +217,15 @@ def mint_leaf(ca: LocalCA, names: list[str], *, now: datetime.datetime | None = 
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )

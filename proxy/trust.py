@@ -184,11 +184,8 @@ def _certutil_nicknames(certutil: str, nssdb: str) -> list[str]:
     result = _run([certutil, "-L", "-d", f"sql:{nssdb}"], None, timeout=30)
     if result.returncode != 0:
         raise ProxyError(f"cannot read the NSS database {nssdb}: {result.stderr.strip() or f'certutil exit {result.returncode}'}")
-    names = []
-    for line in result.stdout.splitlines()[4:]:  # a blank line and a two-line header come first
-        if line.strip():
-            names.append(line.rstrip().rsplit(None, 1)[0].rstrip())  # the trust flags ("C,,") come last
-    return names
+    # A blank line and a two-line header come first; the trust flags ("C,,") end each line.
+    return [line.rstrip().rsplit(None, 1)[0].rstrip() for line in result.stdout.splitlines()[4:] if line.strip()]
 
 
 def _bundle_has(bundle: str, der: bytes) -> bool:
@@ -325,7 +322,9 @@ def plan_trust(ca: CaCert, machine: Machine, *, include_system: bool = True, lea
             steps.append(Step(target, f"add the CA as {ca.nickname!r}", argv, is_users=True))
         steps.append(_nss_check(machine, ca, db.path, leaf_pem_path, expect_valid=True))
     if not machine.nssdbs and not machine.nssdbs_given:
-        notes.append("no NSS databases found (Chrome creates ~/.pki/nssdb on its first start, Firefox a profile); run trust again after starting the browser once")
+        notes.append(
+            "no NSS databases found (Chrome creates ~/.pki/nssdb on its first start, Firefox a profile); run trust again after starting the browser once"
+        )
     return TrustPlan("trust", ca, tuple(steps), tuple(notes), bundle)
 
 
@@ -350,7 +349,9 @@ def plan_untrust(ca: CaCert, machine: Machine, *, include_system: bool = True) -
             steps.append(Step(target, f"rebuild {store.bundle}", store.update, needs_root=True))
             steps.append(Step(target, f"a TLS client reading {store.bundle} rejects a certificate the CA signed", (), expect_valid=False))
         for path in machine.other_anchors:
-            notes.append(f"{target} also holds {path}, from an earlier localhost-proxy CA; to remove it: sudo rm {shlex.quote(path)} && sudo {shlex.join(store.update)}")
+            notes.append(
+                f"{target} also holds {path}, from an earlier localhost-proxy CA; to remove it: sudo rm {shlex.quote(path)} && sudo {shlex.join(store.update)}"
+            )
     for db in machine.nssdbs if machine.certutil else ():
         target = f"NSS database {db.path}"
         if db.has_ca:
@@ -360,7 +361,9 @@ def plan_untrust(ca: CaCert, machine: Machine, *, include_system: bool = True) -
         else:
             notes.append(f"{target}: the CA is not there, nothing to remove")
         for name in db.other_cas:
-            notes.append(f"{target} also holds {name!r}, from an earlier localhost-proxy CA; to remove it: certutil -D -d {shlex.quote('sql:' + db.path)} -n {shlex.quote(name)}")
+            notes.append(
+                f"{target} also holds {name!r}, from an earlier localhost-proxy CA; to remove it: certutil -D -d {shlex.quote('sql:' + db.path)} -n {shlex.quote(name)}"
+            )
     return TrustPlan("untrust", ca, tuple(steps), tuple(notes))
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
-import resource
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,7 @@ def self_signed_files(folder: Path, *names: str) -> tuple[Path, Path]:
     names = names or ("127.0.0.1", "localhost")
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[-1])])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     san: list[x509.GeneralName] = []
     for name in names:
         try:
@@ -210,12 +210,9 @@ async def start_proxy(tmp_path: Path) -> AsyncIterator[ProxyFactory]:
         listen = ["--http", http] if http is not None else []
         tls = ["--https", "127.0.0.1:0", "--certs", str(folder / "certs")] if https else ["--no-https"]
         command = [sys.executable, "-m", "proxy", "run", "--config", str(config), *listen, *tls, *args]
-        stdout = open(folder / "proxy.stdout", "wb")
-        stderr = open(folder / "proxy.stderr", "wb")
         limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, open_file_limit)) if open_file_limit else None
-        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, cwd=folder, env={**os.environ, **(env or {})}, preexec_fn=limit)
-        stdout.close()
-        stderr.close()
+        with open(folder / "proxy.stdout", "wb") as stdout, open(folder / "proxy.stderr", "wb") as stderr:
+            process = subprocess.Popen(command, stdout=stdout, stderr=stderr, cwd=folder, env={**os.environ, **(env or {})}, preexec_fn=limit)
         proxy = Proxy(folder, config, process)
         started.append(proxy)
         await proxy.wait_listening()
@@ -274,7 +271,7 @@ def raw_request() -> Callable[..., Awaitable[bytes]]:
                 if not chunk:
                     break
                 received += chunk
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         finally:
             writer.close()

@@ -66,7 +66,7 @@ async def read_response(reader: asyncio.StreamReader, *, method: str = "GET") ->
     """Read one response; a cut-off body comes back with complete=False instead of raising."""
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    _, status, reason = (status_line.split(" ", 2) + [""])[:3]
+    _, status, reason = ([*status_line.split(" ", 2), ""])[:3]
     headers = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in header_lines if line)]
     response = RawResponse(int(status), reason, headers, b"", True)
     if method == "HEAD" or response.status in (204, 304) or response.status < 200:

@@ -47,7 +47,7 @@ class Received:
 
     @property
     def target(self) -> str:
-        return (self.request_line.split(" ") + ["", ""])[1]
+        return ([*self.request_line.split(" "), "", ""])[1]
 
     @property
     def fields(self) -> list[tuple[str, str]]:

@@ -31,9 +31,7 @@ async def test_lines_are_written_together_after_a_short_wait(caplog: pytest.LogC
         assert caplog.records == []  # nothing formatted or written on the request path
         await asyncio.sleep(0.3)
         assert len(caplog.records) == 1
-        assert [line.split(" ", 3)[3] for line in caplog.records[0].getMessage().splitlines()] == [
-            f"/{i} 200 -> 127.0.0.1:3000 1.0ms" for i in range(3)
-        ]
+        assert [line.split(" ", 3)[3] for line in caplog.records[0].getMessage().splitlines()] == [f"/{i} 200 -> 127.0.0.1:3000 1.0ms" for i in range(3)]
 
 
 async def test_many_waiting_lines_are_written_at_once(caplog: pytest.LogCaptureFixture) -> None:

@@ -52,7 +52,9 @@ def test_http_1_0_cannot_be_chunked() -> None:
     assert refused is not None and refused.status == 400
 
 
-@pytest.mark.parametrize("host", ["app1.localhost evil", "app1.localhost, other.localhost", "x@app1.localhost", "app1.localhost/x", "app1.localhost:abc", "a\tb"])
+@pytest.mark.parametrize(
+    "host", ["app1.localhost evil", "app1.localhost, other.localhost", "x@app1.localhost", "app1.localhost/x", "app1.localhost:abc", "a\tb"]
+)
 def test_a_host_that_is_not_a_host_name_is_refused(host: str) -> None:
     refused = refusal("GET", "/", (1, 1), host, [])
     assert refused is not None and refused.status == 400

@@ -69,7 +69,7 @@ async def load_in_chromium(home: Path, url: str) -> str:
     )
     try:
         stdout, _ = await asyncio.wait_for(process.communicate(), timeout=60)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         process.kill()
         await process.wait()
         raise AssertionError(f"chromium did not finish loading {url} within 60 s") from None
@@ -82,9 +82,7 @@ async def trust_into(proxy: Proxy, nssdb: Path, home: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-async def test_chromium_loads_a_site_over_https_once_trust_filled_its_nss_database(
-    start_proxy: ProxyFactory, app_page: TestServer, tmp_path: Path
-) -> None:
+async def test_chromium_loads_a_site_over_https_once_trust_filled_its_nss_database(start_proxy: ProxyFactory, app_page: TestServer, tmp_path: Path) -> None:
     proxy = await start_proxy({"app1": f"127.0.0.1:{app_page.port}"}, https=True)
     url = f"https://app1.localhost:{proxy.https_port}/"
 

@@ -161,8 +161,16 @@ async def test_listening_line_is_flushed_at_once_into_a_pipe(tmp_path: Path) -> 
     """Even with stdout a pipe (block-buffered by default), the line arrives while the proxy runs."""
     config = write(tmp_path / "sites.yaml", "sites:\n  app1: 3000\n")
     process = await asyncio.create_subprocess_exec(
-        *PROXY, "run", "--config", str(config), "--http", "127.0.0.1:0", "--no-https",
-        cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        *PROXY,
+        "run",
+        "--config",
+        str(config),
+        "--http",
+        "127.0.0.1:0",
+        "--no-https",
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         assert process.stdout is not None
@@ -362,14 +370,7 @@ def test_run_with_missing_config_exits_2(tmp_path: Path) -> None:
 @pytest.fixture
 def port_holder(tmp_path: Path) -> Iterator[tuple[int, int]]:
     """A python process listening on 127.0.0.1; yields (port, pid)."""
-    code = (
-        "import socket, sys, time\n"
-        "s = socket.socket()\n"
-        "s.bind(('127.0.0.1', 0))\n"
-        "s.listen()\n"
-        "print(s.getsockname()[1], flush=True)\n"
-        "time.sleep(60)\n"
-    )
+    code = "import socket, sys, time\ns = socket.socket()\ns.bind(('127.0.0.1', 0))\ns.listen()\nprint(s.getsockname()[1], flush=True)\ntime.sleep(60)\n"
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None

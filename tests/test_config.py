@@ -272,9 +272,7 @@ def test_every_error_is_reported_in_file_order() -> None:
 
 
 def test_config_errors_sort_by_line_then_column_and_join_with_newlines() -> None:
-    errors = ConfigErrors(
-        [ConfigError(Mark("f", 3, 1), "c"), ConfigError(Mark("f", 1, 9), "b"), ConfigError(Mark("f", 1, 2), "a")]
-    )
+    errors = ConfigErrors([ConfigError(Mark("f", 3, 1), "c"), ConfigError(Mark("f", 1, 9), "b"), ConfigError(Mark("f", 1, 2), "a")])
     assert [e.message for e in errors.errors] == ["a", "b", "c"]
     assert str(errors) == "f:1:2: a\nf:1:9: b\nf:3:1: c"
 
@@ -312,7 +310,22 @@ def test_check_root_gets_the_absolute_path_and_its_problem_is_reported_at_the_va
         ("0x0:80", "0.0.0.0", 80, False),
         ("192.168.1.5:80", "192.168.1.5", 80, False),
     ],
-    ids=["port", "spaces", "localhost", "ipv4-port-0", "ipv6", "127-8", "short-127", "zero-zero", "any-v4", "any-v6", "any-v6-long", "mapped-any", "hex-zero", "lan"],
+    ids=[
+        "port",
+        "spaces",
+        "localhost",
+        "ipv4-port-0",
+        "ipv6",
+        "127-8",
+        "short-127",
+        "zero-zero",
+        "any-v4",
+        "any-v6",
+        "any-v6-long",
+        "mapped-any",
+        "hex-zero",
+        "lan",
+    ],
 )
 def test_parse_listen_address_and_sneaky_non_loopback_forms(text: str, host: str | None, port: int, is_loopback: bool) -> None:
     address = parse_listen_address(text)

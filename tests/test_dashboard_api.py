@@ -41,10 +41,7 @@ TOKEN = "Bearer t0ken-very-secret"
 COOKIE = "a=c00kie-one; b=c00kie-two"
 PROXY_AUTH = "Basic cHJveHk6c2VjcmV0"
 SECRETS = ("s3cr3t-session", "t0ken-very-secret", "c00kie-one", "c00kie-two", "cHJveHk6c2VjcmV0")
-VITE_REFUSAL = (
-    'Blocked request. This host ("{host}") is not allowed.\n'
-    'To allow this host, add "{host}" to `server.allowedHosts` in vite.config.js.'
-)
+VITE_REFUSAL = 'Blocked request. This host ("{host}") is not allowed.\nTo allow this host, add "{host}" to `server.allowedHosts` in vite.config.js.'
 
 
 # ---------------------------------------------------------------- a backend that remembers
@@ -453,7 +450,7 @@ async def run_curl(command: str) -> None:
 async def test_curl_command_reproduces_the_request(start_proxy: ProxyFactory, client: aiohttp.ClientSession, backend: Backend) -> None:
     """The curl line (secrets shown) sent from a shell reaches the app with the same method, path, body and headers."""
     proxy = await start_proxy({"app1": backend.address})
-    body = b"it's \"quoted\" & $HOME `x`\nline two"
+    body = b'it\'s "quoted" & $HOME `x`\nline two'
     entry = await send_secrets(client, proxy, "/form?a=1&b='two'", body)
     original = backend.last()
     detail = await api(client, proxy, f"/api/requests/{entry['id']}?secrets=show")
@@ -524,7 +521,15 @@ async def test_edit_and_replay_sends_the_edit_and_restores_redacted_values(start
     assert not backend.last().values("Cookie"), "a header left out of the edit is not sent"
 
     before = len(backend.received)
-    for bad in ({"method": "GE T"}, {"path": "no-slash"}, {"path": "/a b"}, {"headers": "X: y"}, {"headers": [["Bad Name", "v"]]}, {"body": 5}, {"colour": "red"}):
+    for bad in (
+        {"method": "GE T"},
+        {"path": "no-slash"},
+        {"path": "/a b"},
+        {"headers": "X: y"},
+        {"headers": [["Bad Name", "v"]]},
+        {"body": 5},
+        {"colour": "red"},
+    ):
         status, problem = await replay(client, proxy, entry["id"], bad)
         assert status == 400, (bad, problem)
         assert problem["detail"], bad
@@ -570,7 +575,9 @@ async def test_replay_is_allowed_from_each_own_origin(start_proxy: ProxyFactory,
     assert [r.target for r in backend.received] == ["/from-origin", "/from-origin"]
 
 
-async def test_the_dashboard_answers_over_https_and_replays_from_its_https_origin(start_proxy: ProxyFactory, client: aiohttp.ClientSession, backend: Backend) -> None:
+async def test_the_dashboard_answers_over_https_and_replays_from_its_https_origin(
+    start_proxy: ProxyFactory, client: aiohttp.ClientSession, backend: Backend
+) -> None:
     proxy = await start_proxy({"app1": backend.address}, https=True)
     trusting = ssl.create_default_context(cafile=str(proxy.certs / "ca.pem"))
     base = f"https://127.0.0.1:{proxy.https_port}"
@@ -657,7 +664,12 @@ async def test_api_on_a_rebinding_host_is_a_bare_404(start_proxy: ProxyFactory, 
     proxy = await start_proxy({"app1": backend.address})
     await through(client, proxy, "app1.localhost", "/secret-path")
     [entry] = await finished(client, proxy, "/secret-path")
-    for method, path in (("GET", "/api/requests"), ("GET", "/api/sites"), ("GET", f"/api/requests/{entry['id']}"), ("POST", f"/api/requests/{entry['id']}/replay")):
+    for method, path in (
+        ("GET", "/api/requests"),
+        ("GET", "/api/sites"),
+        ("GET", f"/api/requests/{entry['id']}"),
+        ("POST", f"/api/requests/{entry['id']}/replay"),
+    ):
         headers = {"Host": f"evil.com:{proxy.port}", "Origin": f"http://evil.com:{proxy.port}", "Content-Type": "application/json"}
         async with client.request(method, f"{proxy.base}{path}", data=b"{}", headers=headers) as resp:
             assert resp.status == 404, path
@@ -665,7 +677,9 @@ async def test_api_on_a_rebinding_host_is_a_bare_404(start_proxy: ProxyFactory, 
     assert len(backend.received) == 1
 
 
-async def test_truncated_body_cannot_be_replayed_as_captured_but_can_with_a_new_body(start_proxy: ProxyFactory, client: aiohttp.ClientSession, backend: Backend) -> None:
+async def test_truncated_body_cannot_be_replayed_as_captured_but_can_with_a_new_body(
+    start_proxy: ProxyFactory, client: aiohttp.ClientSession, backend: Backend
+) -> None:
     proxy = await start_proxy({"app1": backend.address})
     upload = bytes(range(256)) * (BIG // 256 + 1)
     await through(client, proxy, "app1.localhost", "/upload", "POST", body=upload, headers={"Content-Type": "application/octet-stream"})
@@ -695,7 +709,9 @@ async def test_replay_after_the_app_comes_up_sends_the_body_that_got_a_502(start
     port = free_port()
     proxy = await start_proxy({"app1": f"127.0.0.1:{port}"})
     sent = b'{"order": 7}'
-    status, _ = await through(client, proxy, "app1.localhost", "/orders?draft=1", "POST", body=sent, headers={"Content-Type": "application/json", "X-Custom": "early"})
+    status, _ = await through(
+        client, proxy, "app1.localhost", "/orders?draft=1", "POST", body=sent, headers={"Content-Type": "application/json", "X-Custom": "early"}
+    )
     assert status == 502
     [entry] = await finished(client, proxy, "/orders?draft=1")
     detail = await api(client, proxy, f"/api/requests/{entry['id']}")

@@ -112,7 +112,14 @@ async def assert_not_reloaded(page: Page) -> None:
 
 
 async def through_proxy(
-    client: aiohttp.ClientSession, proxy: Proxy, method: str, target: str, *, headers: dict[str, str] | None = None, data: bytes | None = None, json: object = None
+    client: aiohttp.ClientSession,
+    proxy: Proxy,
+    method: str,
+    target: str,
+    *,
+    headers: dict[str, str] | None = None,
+    data: bytes | None = None,
+    json: object = None,
 ) -> bytes:
     """Send one request to app1 through the proxy, with the Host a browser would send, and return its body."""
     sent = {"Host": f"app1.localhost:{proxy.port}", **(headers or {})}

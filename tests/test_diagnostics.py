@@ -352,7 +352,7 @@ def test_key_mode_and_expiry_verdicts() -> None:
     assert judge_key_mode("/c/ca-key.pem", 0o600).status == OK
     loose = judge_key_mode("/c/ca-key.pem", 0o640)
     assert loose.status == FAIL and loose.fix == ("chmod 600 /c/ca-key.pem",)
-    now = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
+    now = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
     days = datetime.timedelta(days=1)
     assert judge_ca_expiry("/c/ca.pem", now + 61 * days, now, "ca").status == OK
     assert judge_ca_expiry("/c/ca.pem", now + 59 * days, now, "ca").status == WARN

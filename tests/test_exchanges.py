@@ -107,7 +107,7 @@ def test_curl_reproduces_method_url_headers_and_body() -> None:
     command, note = curl_command(exchange, redact=False)
     words = run_curl_words(command)
     assert words[:4] == ["curl", "-X", "POST", "http://app1.localhost:7080/api/items?x=1"]
-    assert ["-H", "Content-Type: application/json"] == words[4:6]
+    assert words[4:6] == ["-H", "Content-Type: application/json"]
     assert "Content-Length: 9" not in words and "Connection: keep-alive" not in words and not any(w.startswith("Host:") for w in words)
     assert words[-2:] == ["--data-binary", '{"a":"b"}'] and note is None
 
@@ -150,7 +150,12 @@ def test_edit_changes_method_path_headers_and_body_and_restores_redacted_secrets
     exchange = captured("GET", "/a", (("Authorization", "Bearer real"), ("Cookie", "sid=1")))
     plan = replay_request(
         exchange,
-        {"method": "put", "path": "/b?c=d", "headers": [["Authorization", "Bearer [redacted]"], ["Cookie", "sid=2"], ["X-New", "yes"], ["Host", "evil"]], "body": "new"},
+        {
+            "method": "put",
+            "path": "/b?c=d",
+            "headers": [["Authorization", "Bearer [redacted]"], ["Cookie", "sid=2"], ["X-New", "yes"], ["Host", "evil"]],
+            "body": "new",
+        },
     )
     assert plan.method == "PUT" and plan.target == "/b?c=d" and plan.body == b"new"
     assert plan.headers == [("Authorization", "Bearer real"), ("Cookie", "sid=2"), ("X-New", "yes")]
@@ -170,7 +175,7 @@ def test_edit_changes_method_path_headers_and_body_and_restores_redacted_secrets
     ],
 )
 def test_bad_edits_say_which_field_and_why(edit: dict[str, object], message: str) -> None:
-    with pytest.raises(EditError, match=".*") as info:
+    with pytest.raises(EditError, match=r".*") as info:
         replay_request(captured(), edit)
     assert message in str(info.value) and not isinstance(info.value, ReplayRefused)
 

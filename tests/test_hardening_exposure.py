@@ -128,7 +128,9 @@ def refused_run(tmp_path: Path, config_text: str, *args: str) -> subprocess.Comp
     config = tmp_path / "sites.yaml"
     config.write_text(config_text)
     try:
-        return subprocess.run([sys.executable, "-m", "proxy", "run", "--config", str(config), *args], capture_output=True, text=True, cwd=tmp_path, timeout=15, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "proxy", "run", "--config", str(config), *args], capture_output=True, text=True, cwd=tmp_path, timeout=15, check=False
+        )
     except subprocess.TimeoutExpired as exc:
         raise AssertionError(f"the proxy ran instead of refusing {args}: {exc.stdout!r}") from None
 
@@ -254,7 +256,9 @@ def test_remote_listen_in_the_file_is_refused(tmp_path: Path, listen: str, args:
         pytest.param(SITES, ["--http", "127.0.0.1:0", "--https", "[::]:0"], {"127.0.0.1", "::"}, id="https-any-v6", marks=needs_ipv6),
     ],
 )
-def test_allow_remote_accepts_the_same_address_and_exits_0(tmp_path: Path, processes: list[Running], config_text: str, args: list[str], wanted: set[str]) -> None:
+def test_allow_remote_accepts_the_same_address_and_exits_0(
+    tmp_path: Path, processes: list[Running], config_text: str, args: list[str], wanted: set[str]
+) -> None:
     running = launch(tmp_path / "p", config_text, *args, "--allow-remote", "--certs", str(tmp_path / "certs"))
     processes.append(running)
     assert {ip for ip, _ in proxy_listeners(running.process.pid)} == wanted
@@ -302,14 +306,21 @@ async def own_index(port: int, *, tls: bool = False) -> RawResponse:
 
 
 @pytest.mark.parametrize(("scheme", "moved_to"), [("http", '"0.0.0.0:0"'), ("https", '"[::]:0"')])
-async def test_reload_moving_listen_to_a_remote_address_is_refused_and_the_old_listener_serves(tmp_path: Path, processes: list[Running], scheme: str, moved_to: str) -> None:
+async def test_reload_moving_listen_to_a_remote_address_is_refused_and_the_old_listener_serves(
+    tmp_path: Path, processes: list[Running], scheme: str, moved_to: str
+) -> None:
     listen = {"http": '"127.0.0.1:0"', "https": '"127.0.0.1:0"'}
     running = launch(tmp_path / "p", f"listen:\n  http: {listen['http']}\n  https: {listen['https']}\n" + SITES)
     processes.append(running)
     old_port = running.port if scheme == "http" else running.https_port
     before = proxy_listeners(running.process.pid)
 
-    save(running.config, f"listen:\n  http: {listen['http'] if scheme != 'http' else moved_to}\n  https: {listen['https'] if scheme != 'https' else moved_to}\n" + SITES + "  app2: 3001\n")
+    save(
+        running.config,
+        f"listen:\n  http: {listen['http'] if scheme != 'http' else moved_to}\n  https: {listen['https'] if scheme != 'https' else moved_to}\n"
+        + SITES
+        + "  app2: 3001\n",
+    )
     running.wait_for("cannot move the listener", stream="stderr", timeout=RELOAD_TIMEOUT)
     log = running.stderr()
     assert "--allow-remote" in log, log

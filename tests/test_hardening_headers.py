@@ -108,7 +108,7 @@ async def test_hop_by_hop_request_fields_never_reach_the_backend(rig: Rig, field
     assert reply.status == 200, reply.data[:300]
     (forwarded,) = rig.backend.requests
     names = field_names(forwarded.head)
-    for name in stripped + ["connection"]:
+    for name in [*stripped, "connection"]:
         assert name not in names, (name, forwarded.head)
     assert forwarded.values("X-Kept") == ["k"]
 

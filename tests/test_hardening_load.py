@@ -123,6 +123,7 @@ async def test_200_requests_in_flight_across_a_reload_are_all_answered(
     start_proxy: ProxyFactory, slow_upstream: TestServer, client: aiohttp.ClientSession
 ) -> None:
     new_app = web.Application()
+
     async def answer_new(request: web.Request) -> web.Response:
         return web.Response(text=f"new {request.path_qs}")
 

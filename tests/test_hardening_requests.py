@@ -264,8 +264,6 @@ async def test_smuggling_after_a_legitimate_pipelined_request_forwards_at_most_t
 # ---------------------------------------------------------------- chunked body broken after the head went upstream
 
 
-
-
 @pytest.mark.parametrize(
     "bad_tail",
     [

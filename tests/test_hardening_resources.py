@@ -61,9 +61,7 @@ async def test_beyond_the_connection_cap_new_clients_get_503_and_one_log_line(st
     cap = connection_cap(limit)
     async with raw_upstream(canned(OK)) as port:
         proxy = await start_proxy({"app1": f"127.0.0.1:{port}"}, open_file_limit=(limit, limit))
-        opened = []
-        for _ in range(cap + 30):
-            opened.append(await asyncio.open_connection("127.0.0.1", proxy.port))
+        opened = [await asyncio.open_connection("127.0.0.1", proxy.port) for _ in range(cap + 30)]
         await asyncio.sleep(0.5)
         busy = 0
         for reader, _ in opened:
@@ -146,7 +144,9 @@ def stale_after_first_answer(requests_seen: list[bytes]) -> object:
         ("PUT", b"data", False),
     ],
 )
-async def test_a_stale_pooled_connection_is_retried_once_for_idempotent_methods_only(start_proxy: ProxyFactory, method: str, body: bytes | None, retried: bool) -> None:
+async def test_a_stale_pooled_connection_is_retried_once_for_idempotent_methods_only(
+    start_proxy: ProxyFactory, method: str, body: bytes | None, retried: bool
+) -> None:
     seen: list[bytes] = []
     async with raw_upstream(stale_after_first_answer(seen)) as port:  # type: ignore[arg-type]
         proxy = await start_proxy({"app1": f"127.0.0.1:{port}"})

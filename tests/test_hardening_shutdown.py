@@ -99,7 +99,9 @@ def slow_backend(seen: Seen, seconds: float, body: bytes = b"slow done") -> RawH
     return handle
 
 
-async def send(proxy: Proxy, target: str, *, host: str = "app1.localhost", headers: list[tuple[str, str]] | None = None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def send(
+    proxy: Proxy, target: str, *, host: str = "app1.localhost", headers: list[tuple[str, str]] | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", proxy.port), TIMEOUT)
     writer.write(http_request("GET", target, host=host, headers=headers or []))
     await writer.drain()
@@ -320,7 +322,11 @@ async def test_open_websocket_gets_1001_on_both_sides_and_the_proxy_exits_prompt
     proxy = await start_proxy({"app1": f"127.0.0.1:{ws_backend.server.port}"})
     key = base64.b64encode(os.urandom(16)).decode()
     async with connection(proxy.port) as (reader, writer):
-        writer.write(http_request("GET", "/ws", headers=[("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Key", key), ("Sec-WebSocket-Version", "13")]))
+        writer.write(
+            http_request(
+                "GET", "/ws", headers=[("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Key", key), ("Sec-WebSocket-Version", "13")]
+            )
+        )
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
         assert head.startswith(b"HTTP/1.1 101 "), head
         writer.write(masked_frame(0x1, b"hi"))

@@ -209,7 +209,18 @@ async def test_absolute_form_target_cannot_traverse_either(served: Served) -> No
 # ---------------------------------------------------------------- symlinks
 
 
-OUTWARD = ["/out-file.txt", "/out-abs.txt", "/out-dir/x", "/out-dir/", "/out-dir/index.html", "/out-dir", "/up/secret.txt", "/up/public-secret/x", "/chain.txt", "/deep/link.txt"]
+OUTWARD = [
+    "/out-file.txt",
+    "/out-abs.txt",
+    "/out-dir/x",
+    "/out-dir/",
+    "/out-dir/index.html",
+    "/out-dir",
+    "/up/secret.txt",
+    "/up/public-secret/x",
+    "/chain.txt",
+    "/deep/link.txt",
+]
 
 
 @pytest.mark.parametrize("target", OUTWARD)
@@ -221,7 +232,9 @@ async def test_symlink_pointing_outside_the_root_is_not_followed(served: Served,
     assert INDEX.encode() not in response.body
 
 
-@pytest.mark.parametrize(("target", "text"), [("/inner-link.txt", "public a"), ("/inner-dir/page.txt", "docs page"), ("/public-secret/x", "a folder inside the root")])
+@pytest.mark.parametrize(
+    ("target", "text"), [("/inner-link.txt", "public a"), ("/inner-dir/page.txt", "docs page"), ("/public-secret/x", "a folder inside the root")]
+)
 async def test_symlink_or_name_inside_the_root_is_served(served: Served, target: str, text: str) -> None:
     response = await get(served, target)
     assert response.status == 200 and response.complete, target
@@ -273,7 +286,14 @@ async def test_well_known_is_served(served: Served) -> None:
 def run_cli(command: str, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     extra = ["--http", "127.0.0.1:0", "--no-https", *args] if command == "run" else list(args)
     try:
-        return subprocess.run([sys.executable, "-m", "proxy", command, "--config", str(config), *extra], capture_output=True, text=True, cwd=config.parent, timeout=15, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "proxy", command, "--config", str(config), *extra],
+            capture_output=True,
+            text=True,
+            cwd=config.parent,
+            timeout=15,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         raise AssertionError(f"`{command}` ran instead of refusing {config.read_text()!r}") from None
 

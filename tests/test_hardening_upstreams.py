@@ -273,7 +273,11 @@ CUT_OFF = {  # segments sent 0.1 s apart, then the upstream closes
 INTERIM = {
     "100-then-200": [b"HTTP/1.1 100 Continue\r\n\r\n"],
     "103-then-200": [b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n\r\n"],
-    "102-103-103-then-200": [b"HTTP/1.1 102 Processing\r\n\r\n", b"HTTP/1.1 103 Early Hints\r\nLink: </a.js>; rel=preload\r\n\r\n", b"HTTP/1.1 103 Early Hints\r\nLink: </b.js>; rel=preload\r\n\r\n"],
+    "102-103-103-then-200": [
+        b"HTTP/1.1 102 Processing\r\n\r\n",
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.js>; rel=preload\r\n\r\n",
+        b"HTTP/1.1 103 Early Hints\r\nLink: </b.js>; rel=preload\r\n\r\n",
+    ],
     "100-after-body-read": [],  # filled in by the handler: 100 only once the body is in
 }
 SMUGGLED = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nSMUGGLED"
@@ -357,9 +361,15 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         handlers |= {f"odd-{name}": canned(raw) for name, raw in TOLERATED.items()}
         handlers |= {f"cut-{name}": canned(*segments) for name, segments in CUT_OFF.items()}
         handlers |= {f"interim-{name}": interim_then_200(raws, continue_after_body=name == "100-after-body-read") for name, raws in INTERIM.items()}
-        handlers["oversend"] = by_target({b"/one": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello" + SMUGGLED, b"/two": b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nreal-two"})
-        handlers["head-body"] = by_target({b"/one": b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n" + SMUGGLED, b"/two": b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nreal-two"})
-        handlers["nocontent-body"] = by_target({b"/one": b"HTTP/1.1 204 No Content\r\nContent-Length: 8\r\n\r\n" + SMUGGLED, b"/two": b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nreal-two"})
+        handlers["oversend"] = by_target(
+            {b"/one": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello" + SMUGGLED, b"/two": b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nreal-two"}
+        )
+        handlers["head-body"] = by_target(
+            {b"/one": b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n" + SMUGGLED, b"/two": b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nreal-two"}
+        )
+        handlers["nocontent-body"] = by_target(
+            {b"/one": b"HTTP/1.1 204 No Content\r\nContent-Length: 8\r\n\r\n" + SMUGGLED, b"/two": b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nreal-two"}
+        )
         started = {name: backends.add(handler) for name, handler in handlers.items()}
         with unanswering_listener() as stuck:
             lines = ["sites:"] + [f"  {name}: 127.0.0.1:{backend.port}" for name, backend in started.items()]
@@ -368,7 +378,9 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             config = folder / "sites.yaml"
             config.write_text("\n".join(lines) + "\n")
             with open(folder / "proxy.stdout", "wb") as out, open(folder / "proxy.stderr", "wb") as err:
-                process = subprocess.Popen([sys.executable, "-m", "proxy", "run", "--config", str(config), "--http", "127.0.0.1:0", "--no-https"], stdout=out, stderr=err, cwd=folder)
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "proxy", "run", "--config", str(config), "--http", "127.0.0.1:0", "--no-https"], stdout=out, stderr=err, cwd=folder
+                )
             try:
                 deadline = time.monotonic() + START_TIMEOUT
                 urls: list[str] = []

@@ -28,6 +28,7 @@ def text(fields: list[Field]) -> Headers:
 def strip(headers: Headers) -> Headers:
     return text(strip_hop_by_hop(wire(headers)))
 
+
 END_TO_END: Headers = [("Host", "app1.localhost:7080"), ("Accept", "*/*"), ("Content-Length", "3")]
 
 
@@ -53,7 +54,18 @@ def values(headers: Headers, name: str) -> list[str]:
         ("Upgrade", "websocket"),
         ("transfer-ENCODING", "chunked"),
     ],
-    ids=["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade", "any-case"],
+    ids=[
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "any-case",
+    ],
 )
 def test_strip_hop_by_hop_removes_rfc9110_fields(hop: tuple[str, str]) -> None:
     assert strip([*END_TO_END, hop]) == END_TO_END

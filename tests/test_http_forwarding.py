@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import itertools
 import re
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -171,7 +172,9 @@ async def test_chunked_request_body_reaches_upstream_whole(start_proxy: ProxyFac
 
 
 @pytest.mark.parametrize("size", [0, 1, 300_000])
-async def test_content_length_request_body_arrives_with_same_length(start_proxy: ProxyFactory, echo_server: TestServer, client: aiohttp.ClientSession, size: int) -> None:
+async def test_content_length_request_body_arrives_with_same_length(
+    start_proxy: ProxyFactory, echo_server: TestServer, client: aiohttp.ClientSession, size: int
+) -> None:
     proxy = await start_proxy({"app1": echo_server.port})
     async with client.post(f"{proxy.base}/upload", data=b"x" * size, headers={"Host": "app1.localhost"}) as resp:
         assert resp.status == 200
@@ -248,7 +251,9 @@ HOP_BY_HOP_REQUEST = [
     ],
     ids=["close-and-named", "non-websocket-upgrade", "two-connection-lines"],
 )
-async def test_hop_by_hop_request_headers_never_reach_upstream(start_proxy: ProxyFactory, echo_server: TestServer, connection_headers: list[tuple[str, str]]) -> None:
+async def test_hop_by_hop_request_headers_never_reach_upstream(
+    start_proxy: ProxyFactory, echo_server: TestServer, connection_headers: list[tuple[str, str]]
+) -> None:
     proxy = await start_proxy({"app1": echo_server.port})
     response = await exchange(proxy.port, http_request("GET", "/hop", headers=connection_headers + HOP_BY_HOP_REQUEST))
     assert response.status == 200
@@ -327,7 +332,9 @@ async def test_host_is_preserved_by_default(start_proxy: ProxyFactory, echo_serv
 
 
 @pytest.mark.parametrize("with_host", [False, True], ids=["port-only", "host-port"])
-async def test_preserve_host_false_sends_upstream_its_own_address(start_proxy: ProxyFactory, echo_server: TestServer, client: aiohttp.ClientSession, with_host: bool) -> None:
+async def test_preserve_host_false_sends_upstream_its_own_address(
+    start_proxy: ProxyFactory, echo_server: TestServer, client: aiohttp.ClientSession, with_host: bool
+) -> None:
     port = echo_server.port
     assert port is not None
     proxy = await start_proxy({"app1": {"upstream": f"127.0.0.1:{port}" if with_host else port, "preserve_host": False}})
@@ -358,7 +365,14 @@ async def test_path_routes_pick_upstream_on_segment_boundary_and_forward_path_un
 
 @pytest.mark.parametrize(
     "target, forwarded, expected_upstream",
-    [("/api/x", "/x", "A"), ("/api", "/", "A"), ("/api/", "/", "A"), ("/api?q=1", "/?q=1", "A"), ("/api/a%2Fb?c=%20", "/a%2Fb?c=%20", "A"), ("/apiary", "/apiary", "B")],
+    [
+        ("/api/x", "/x", "A"),
+        ("/api", "/", "A"),
+        ("/api/", "/", "A"),
+        ("/api?q=1", "/?q=1", "A"),
+        ("/api/a%2Fb?c=%20", "/a%2Fb?c=%20", "A"),
+        ("/apiary", "/apiary", "B"),
+    ],
 )
 async def test_strip_prefix_removes_route_prefix_from_forwarded_path(
     start_proxy: ProxyFactory, upstream_a: EchoUpstream, upstream_b: EchoUpstream, target: str, forwarded: str, expected_upstream: str
@@ -401,7 +415,9 @@ async def test_wildcard_and_exact_host_matching(start_proxy: ProxyFactory, host:
 # ---------------------------------------------------------------- 11. upstream lists
 
 
-async def test_list_of_upstreams_takes_turns(start_proxy: ProxyFactory, upstream_a: EchoUpstream, upstream_b: EchoUpstream, client: aiohttp.ClientSession) -> None:
+async def test_list_of_upstreams_takes_turns(
+    start_proxy: ProxyFactory, upstream_a: EchoUpstream, upstream_b: EchoUpstream, client: aiohttp.ClientSession
+) -> None:
     proxy = await start_proxy({"app1": [upstream_a.port, upstream_b.port]})
     seen = []
     for _ in range(6):
@@ -409,11 +425,13 @@ async def test_list_of_upstreams_takes_turns(start_proxy: ProxyFactory, upstream
             assert resp.status == 200
             seen.append(resp.headers["X-Upstream"])
     assert Counter(seen) == {"A": 3, "B": 3}
-    assert all(a != b for a, b in zip(seen, seen[1:])), seen
+    assert all(a != b for a, b in itertools.pairwise(seen)), seen
 
 
 @pytest.mark.parametrize("dead_first", [True, False], ids=["dead-first", "dead-second"])
-async def test_list_with_dead_upstream_still_answers_every_request(start_proxy: ProxyFactory, upstream_a: EchoUpstream, client: aiohttp.ClientSession, dead_first: bool) -> None:
+async def test_list_with_dead_upstream_still_answers_every_request(
+    start_proxy: ProxyFactory, upstream_a: EchoUpstream, client: aiohttp.ClientSession, dead_first: bool
+) -> None:
     dead = free_port()
     proxy = await start_proxy({"app1": [dead, upstream_a.port] if dead_first else [upstream_a.port, dead]})
     for _ in range(6):
@@ -444,7 +462,9 @@ async def https_upstream(tmp_path: Path) -> AsyncIterator[EchoUpstream]:
         yield upstream
 
 
-async def test_https_upstream_with_self_signed_certificate_works_without_verification(start_proxy: ProxyFactory, https_upstream: EchoUpstream, client: aiohttp.ClientSession) -> None:
+async def test_https_upstream_with_self_signed_certificate_works_without_verification(
+    start_proxy: ProxyFactory, https_upstream: EchoUpstream, client: aiohttp.ClientSession
+) -> None:
     proxy = await start_proxy({"secure": f"https://127.0.0.1:{https_upstream.port}"})
     async with client.get(URL(f"{proxy.base}/tls?x=%2F", encoded=True), headers={"Host": "secure.localhost"}) as resp:
         assert resp.status == 200
@@ -453,7 +473,9 @@ async def test_https_upstream_with_self_signed_certificate_works_without_verific
     assert header_values(echoed, "Host") == ["secure.localhost"]
 
 
-async def test_https_upstream_with_verify_true_fails_with_502_about_certificate(start_proxy: ProxyFactory, https_upstream: EchoUpstream, client: aiohttp.ClientSession) -> None:
+async def test_https_upstream_with_verify_true_fails_with_502_about_certificate(
+    start_proxy: ProxyFactory, https_upstream: EchoUpstream, client: aiohttp.ClientSession
+) -> None:
     proxy = await start_proxy({"secure": {"upstream": f"https://127.0.0.1:{https_upstream.port}", "verify": True}})
     async with client.get(f"{proxy.base}/", headers={"Host": "secure.localhost"}) as resp:
         assert resp.status == 502
@@ -464,7 +486,9 @@ async def test_https_upstream_with_verify_true_fails_with_502_about_certificate(
 # ---------------------------------------------------------------- 17. unknown and foreign hosts
 
 
-async def test_unknown_localhost_name_gets_404_listing_sites_as_links(start_proxy: ProxyFactory, upstream_a: EchoUpstream, upstream_b: EchoUpstream, client: aiohttp.ClientSession) -> None:
+async def test_unknown_localhost_name_gets_404_listing_sites_as_links(
+    start_proxy: ProxyFactory, upstream_a: EchoUpstream, upstream_b: EchoUpstream, client: aiohttp.ClientSession
+) -> None:
     proxy = await start_proxy({"app1": upstream_a.port, "shop": upstream_b.port})
     async with client.get(f"{proxy.base}/x", headers={"Host": "nope.localhost", "Accept": "text/html"}) as resp:
         assert resp.status == 404
@@ -476,7 +500,9 @@ async def test_unknown_localhost_name_gets_404_listing_sites_as_links(start_prox
 
 @pytest.mark.parametrize("host", ["evil.example", "evil.example:80", "app1.localhost.evil.example", "192.168.1.5"])
 @pytest.mark.parametrize("accept", ["text/html", "application/json", None])
-async def test_foreign_host_gets_bare_404_that_names_nothing(start_proxy: ProxyFactory, upstream_a: EchoUpstream, client: aiohttp.ClientSession, host: str, accept: str | None) -> None:
+async def test_foreign_host_gets_bare_404_that_names_nothing(
+    start_proxy: ProxyFactory, upstream_a: EchoUpstream, client: aiohttp.ClientSession, host: str, accept: str | None
+) -> None:
     proxy = await start_proxy({"app1": upstream_a.port})
     headers = {"Host": host} | ({"Accept": accept} if accept else {})
     async with client.get(f"{proxy.base}/", headers=headers, skip_auto_headers=["Accept"]) as resp:

@@ -117,8 +117,8 @@ async def start_tls_proxy(tmp_path: Path) -> AsyncIterator[TlsProxyFactory]:
         certs_dir = tmp_path / "certs" if certs is DEFAULT_CERTS else (folder / "certs" if certs is None else Path(certs))
         flags = [*(["--http", http] if http else []), *(["--https", https] if https else []), *([] if certs is None else ["--certs", str(certs_dir)])]
         # Popen returns at once; the files stay with the child, which may outlive any pipe reader.
-        with open(folder / "proxy.stdout", "wb") as stdout, open(folder / "proxy.stderr", "wb") as stderr:  # noqa: ASYNC230
-            process = subprocess.Popen(proxy_command(config, "run", *flags, *args), stdout=stdout, stderr=stderr, cwd=folder)  # noqa: ASYNC220
+        with open(folder / "proxy.stdout", "wb") as stdout, open(folder / "proxy.stderr", "wb") as stderr:
+            process = subprocess.Popen(proxy_command(config, "run", *flags, *args), stdout=stdout, stderr=stderr, cwd=folder)
         proxy = TlsProxy(folder, config, process, certs_dir)
         started.append(proxy)
         await proxy.wait_both_listening()

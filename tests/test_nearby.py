@@ -25,7 +25,11 @@ APP_V4 = Upstream("http", "127.0.0.1", 3000)
     ("upstream", "listeners", "expected"),
     [
         (APP, [], None),
-        (APP, [ListeningSocket("127.0.0.1", 5174, 4121, "node", ("node", "node_modules/.bin/vite"))], "port 5173 is free, but 5174 is taken by vite (pid 4121): did the dev server move?"),
+        (
+            APP,
+            [ListeningSocket("127.0.0.1", 5174, 4121, "node", ("node", "node_modules/.bin/vite"))],
+            "port 5173 is free, but 5174 is taken by vite (pid 4121): did the dev server move?",
+        ),
         (APP, [ListeningSocket("0.0.0.0", 5172, 7, "node", ("node", "server.js"))], "but 5172 is taken by node (pid 7)"),
         (APP, [ListeningSocket("127.0.0.1", 5177, 1, "node", ("vite",))], None),  # too far to be the same app
         (APP, [ListeningSocket("10.1.2.3", 5174, 1, "node", ("vite",))], None),  # not reachable on loopback

@@ -7,6 +7,7 @@ reproduces on every run. Known bugs stay here as strict xfails with their smalle
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import re
@@ -208,31 +209,125 @@ PORTISH: st.SearchStrategy[object] = weighted(
     (1, st.booleans()),
     (1, st.none()),
     (3, SHORT_TEXT),
-    (6, st.sampled_from(
-        [
-            "300o", "0x1F", "010", "0o17", "80:80", "1_000", "+3000", "3000.0", "1e3", "-1", "65536", "99999999999999999999",
-            "LOCALHOST.:3000", "::1:4000", "[::1]", "[::1]:", "[]:80", ":80", "h:", "http://user:pw@localhost:1", "http://h:0",
-            "http://h:99999", "http://h:x", "ftp://h:1", "http://h/path", "http://h?q", "http://h#f", "http://", "https://[::1", "0.0.0.0:80",
-            "127.1:80", "0x7f.1:80", "0:0", "[fe80::1%eth0]:80", "a_b.example:80", "-bad-:80", "é.localhost:80", "a..b:80", "yes", "no", "on",
-            "off", "true", "True", "~", "null", "", " ", ".inf", ".nan", "²", "٣٠٠٠", "3000\t", "\t3000", "3000 # port", "a" * 300,
-        ]
-    )),
+    (
+        6,
+        st.sampled_from(
+            [
+                "300o",
+                "0x1F",
+                "010",
+                "0o17",
+                "80:80",
+                "1_000",
+                "+3000",
+                "3000.0",
+                "1e3",
+                "-1",
+                "65536",
+                "99999999999999999999",
+                "LOCALHOST.:3000",
+                "::1:4000",
+                "[::1]",
+                "[::1]:",
+                "[]:80",
+                ":80",
+                "h:",
+                "http://user:pw@localhost:1",
+                "http://h:0",
+                "http://h:99999",
+                "http://h:x",
+                "ftp://h:1",
+                "http://h/path",
+                "http://h?q",
+                "http://h#f",
+                "http://",
+                "https://[::1",
+                "0.0.0.0:80",
+                "127.1:80",
+                "0x7f.1:80",
+                "0:0",
+                "[fe80::1%eth0]:80",
+                "a_b.example:80",
+                "-bad-:80",
+                "é.localhost:80",
+                "a..b:80",
+                "yes",
+                "no",
+                "on",
+                "off",
+                "true",
+                "True",
+                "~",
+                "null",
+                "",
+                " ",
+                ".inf",
+                ".nan",
+                "²",
+                "٣٠٠٠",
+                "3000\t",
+                "\t3000",
+                "3000 # port",
+                "a" * 300,
+            ]
+        ),
+    ),
 )
 FLAGS: st.SearchStrategy[object] = weighted((6, st.booleans()), (2, st.sampled_from(["true", "yes", "off", "1", 1, 0, None, "maybe", 2.5])), (1, SHORT_TEXT))
-GOOD_NAMES = st.sampled_from(["app1", "APP1", "app1.localhost", "App1.Localhost.", "*.preview", "*.preview.localhost", "shop", "api.test", "a_b", "xn--bcher-kva.localhost"])
+GOOD_NAMES = st.sampled_from(
+    ["app1", "APP1", "app1.localhost", "App1.Localhost.", "*.preview", "*.preview.localhost", "shop", "api.test", "a_b", "xn--bcher-kva.localhost"]
+)
 SITE_NAMES: st.SearchStrategy[object] = weighted(
     (8, GOOD_NAMES),
     (4, st.from_regex(r"[a-z0-9][a-z0-9-]{0,8}(\.[a-z0-9]{1,5}){0,2}", fullmatch=True)),
     (1, st.integers(-5, 70000)),
     (1, st.from_regex(r"[A-Za-z0-9_*.-]{1,20}", fullmatch=True)),
     (1, SHORT_TEXT),
-    (3, st.sampled_from(
-        [
-            "app1.", " app1 ", "*", "*.*.x", "a.*.b", "**.x", "*x.localhost", "localhost", "LOCALHOST", "proxy", "proxy.localhost", "127.0.0.1",
-            "[::1]", "::1", "0x7f.1", "10.0.0.1", "bücher", "-bad", "bad-", "x" * 63, "x" * 64, "", " ", "a..b", ".", "..", "sp ace", "tab\tname",
-            "ünïcode.localhost", "ǅ.localhost", "İ.localhost", "app1:3000", "app1.localhost:80", "a\nb", "a\u2028b", "3000", "true", "null",
-        ]
-    )),
+    (
+        3,
+        st.sampled_from(
+            [
+                "app1.",
+                " app1 ",
+                "*",
+                "*.*.x",
+                "a.*.b",
+                "**.x",
+                "*x.localhost",
+                "localhost",
+                "LOCALHOST",
+                "proxy",
+                "proxy.localhost",
+                "127.0.0.1",
+                "[::1]",
+                "::1",
+                "0x7f.1",
+                "10.0.0.1",
+                "bücher",
+                "-bad",
+                "bad-",
+                "x" * 63,
+                "x" * 64,
+                "",
+                " ",
+                "a..b",
+                ".",
+                "..",
+                "sp ace",
+                "tab\tname",
+                "ünïcode.localhost",
+                "ǅ.localhost",
+                "İ.localhost",
+                "app1:3000",
+                "app1.localhost:80",
+                "a\nb",
+                "a\u2028b",
+                "3000",
+                "true",
+                "null",
+            ]
+        ),
+    ),
 )
 PREFIXES: st.SearchStrategy[object] = st.one_of(
     st.sampled_from(["/", "/api", "/api/", "/api/v2", "//", "/api//", "api", "", "/a?b", "/x#", "/*", "/ü", "/a b", "/%2F", "/a\nb", "/a\nb/", "/a\rb", 3000]),
@@ -340,9 +435,11 @@ def is_ip(text: str) -> bool:
         return False
 
 
-GOOD_SITE_NAMES = st.from_regex(r"(\*\.)?[a-z0-9][a-z0-9-]{0,6}[a-z0-9](\.[a-z0-9]{1,6}){0,2}\.?", fullmatch=True).filter(
-    lambda name: normalize_site_name(name) not in OWN_HOSTS and normalize_site_name(name) != "*.localhost" and not is_ip(name.rstrip("."))
-).map(lambda name: "".join(c.upper() if i % 3 == 0 else c for i, c in enumerate(name)))
+GOOD_SITE_NAMES = (
+    st.from_regex(r"(\*\.)?[a-z0-9][a-z0-9-]{0,6}[a-z0-9](\.[a-z0-9]{1,6}){0,2}\.?", fullmatch=True)
+    .filter(lambda name: normalize_site_name(name) not in OWN_HOSTS and normalize_site_name(name) != "*.localhost" and not is_ip(name.rstrip(".")))
+    .map(lambda name: "".join(c.upper() if i % 3 == 0 else c for i, c in enumerate(name)))
+)
 GOOD_PREFIXES = st.from_regex(r"/([a-z0-9%._~-]{1,4}/){0,2}[a-z0-9%._~-]{0,4}", fullmatch=True)
 PLAIN_SAFE = re.compile(r"[A-Za-z0-9_./~-][A-Za-z0-9_./~:-]*")
 QUOTED = st.sampled_from(["double", "single"])
@@ -357,7 +454,9 @@ def valid_scalars(values: st.SearchStrategy[object]) -> st.SearchStrategy[Node]:
     return st.builds(lambda data, value: valid_scalar(data.draw, value), st.data(), values)
 
 
-GOOD_UPSTREAMS = weighted((3, valid_scalars(GOOD_PORTS)), (1, st.builds(Seq, st.lists(valid_scalars(GOOD_PORTS), min_size=1, max_size=3).map(tuple), st.booleans())))
+GOOD_UPSTREAMS = weighted(
+    (3, valid_scalars(GOOD_PORTS)), (1, st.builds(Seq, st.lists(valid_scalars(GOOD_PORTS), min_size=1, max_size=3).map(tuple), st.booleans()))
+)
 GOOD_BOOL = scalars(st.booleans())
 UPSTREAM_OPTIONS = [pair("preserve_host", GOOD_BOOL), pair("verify", GOOD_BOOL), pair("connect_timeout", scalars(st.sampled_from([0.5, 1, 5, 30, 3600])))]
 SITE_OPTIONS = st.lists(st.one_of(*UPSTREAM_OPTIONS), max_size=3, unique_by=key_name)
@@ -574,7 +673,9 @@ def site(host: str, routes: tuple[Route, ...] = ROOT_ROUTE) -> Site:
     return Site(host, routes, MARK)
 
 
-hostnames = st.builds(lambda labels, tld: ".".join([*labels, tld]), st.lists(LABELS, min_size=1, max_size=3), st.sampled_from(["localhost", "test", "example.com"]))
+hostnames = st.builds(
+    lambda labels, tld: ".".join([*labels, tld]), st.lists(LABELS, min_size=1, max_size=3), st.sampled_from(["localhost", "test", "example.com"])
+)
 
 
 @st.composite
@@ -766,10 +867,8 @@ class Wire:
             except TimeoutError:
                 if waiting_for_us:
                     self.half_closed = True
-                    try:
+                    with contextlib.suppress(OSError):
                         self.sock.shutdown(socket.SHUT_WR)
-                    except OSError:
-                        pass
                 continue
             except ConnectionResetError:
                 chunk = b""
@@ -981,7 +1080,9 @@ METHODS = weighted(
     (1, st.from_regex(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,12}", fullmatch=True)),
     (1, st.binary(max_size=8)),
 )
-PERCENT_PATHS = st.text(max_size=20).map(lambda t: "/" + "".join(c if c.isalnum() and c.isascii() or c in "/.-_" else "".join(f"%{b:02X}" for b in c.encode()) for c in t))
+PERCENT_PATHS = st.text(max_size=20).map(
+    lambda t: "/" + "".join(c if (c.isalnum() and c.isascii()) or c in "/.-_" else "".join(f"%{b:02X}" for b in c.encode()) for c in t)
+)
 GOOD_TARGETS = st.sampled_from([b"/", b"/x", b"/api/x?q=1", b"/api", b"/api/", b"/static/", b"/static/app.js", b"/index.html", b"/?a=1&b=2", b"/deep/path/"])
 TARGETS = weighted(
     (6, GOOD_TARGETS),
@@ -990,11 +1091,44 @@ TARGETS = weighted(
         4,
         st.sampled_from(
             [
-                b"*", b"/x?a=%2F&b=/api", b"http://app1.localhost/x", b"http://localhost/", b"https://shop.localhost/api/y?z", b"HTTP://APP1.LOCALHOST:1/",
-                b"http://[::1]/", b"http://", b"//", b"//x/..", b"/%2e%2e/%2e%2e/secret.txt", b"/../secret.txt", b"/..%2fsecret.txt", b"/.env",
-                b"/%2eenv", b"/static/../../secret.txt", b"/static/%2e%2e/%2e%2e/secret.txt", b"/static/..%5c..%5csecret.txt", b"/static/%2e%2e%2fsecret.txt",
-                b"/static/.env", b"/static/%2Eenv", b"/static//..//..//secret.txt", b"/a b", b"/\xc3\xa9", b"/\xff", b"/x\x00y", b"/api?", b"/api/requests",
-                b"/api/sites", b"/api/requests/1", b"/api/requests/1/replay", b"/__proxy/x", b"app1.localhost:80", b"", b"/" + b"a" * 9000, b"/%", b"/%zz", b"/?%00",
+                b"*",
+                b"/x?a=%2F&b=/api",
+                b"http://app1.localhost/x",
+                b"http://localhost/",
+                b"https://shop.localhost/api/y?z",
+                b"HTTP://APP1.LOCALHOST:1/",
+                b"http://[::1]/",
+                b"http://",
+                b"//",
+                b"//x/..",
+                b"/%2e%2e/%2e%2e/secret.txt",
+                b"/../secret.txt",
+                b"/..%2fsecret.txt",
+                b"/.env",
+                b"/%2eenv",
+                b"/static/../../secret.txt",
+                b"/static/%2e%2e/%2e%2e/secret.txt",
+                b"/static/..%5c..%5csecret.txt",
+                b"/static/%2e%2e%2fsecret.txt",
+                b"/static/.env",
+                b"/static/%2Eenv",
+                b"/static//..//..//secret.txt",
+                b"/a b",
+                b"/\xc3\xa9",
+                b"/\xff",
+                b"/x\x00y",
+                b"/api?",
+                b"/api/requests",
+                b"/api/sites",
+                b"/api/requests/1",
+                b"/api/requests/1/replay",
+                b"/__proxy/x",
+                b"app1.localhost:80",
+                b"",
+                b"/" + b"a" * 9000,
+                b"/%",
+                b"/%zz",
+                b"/?%00",
             ]
         ),
     ),
@@ -1009,16 +1143,31 @@ VERSIONS = weighted(
     (2, st.just(b"HTTP/1.0")),
     (1, st.sampled_from([b"HTTP/3.0", b"HTTP/0.0", b"HTTP/9.9", b"HTTP/1.2", b"http/1.1", b"HTTP/1.1 ", b"", b"HTTP/11", b"HTTP/1.1\x00", b"HTTP/1.01"])),
 )
-GOOD_HOSTS = st.sampled_from([b"app1.localhost", b"APP1.LOCALHOST.:7080", b"files.localhost", b"shop.localhost", b"pr-1.preview.localhost", b"localhost", b"unknown.localhost"])
+GOOD_HOSTS = st.sampled_from(
+    [b"app1.localhost", b"APP1.LOCALHOST.:7080", b"files.localhost", b"shop.localhost", b"pr-1.preview.localhost", b"localhost", b"unknown.localhost"]
+)
 HOSTS = weighted(
     (8, GOOD_HOSTS),
     (
         3,
         st.sampled_from(
             [
-                b"127.0.0.1", b"[::1]:1", b"proxy.localhost", b"preview.localhost", b"example.com", b"", b"app1.localhost:", b"app1.localhost\x00.evil",
-                b"app1.localhost, example.com", b"app1.localhost@example.com", b"App1.localhost:99999", b"[app1.localhost]", b"app1.localhost:80.", b" app1.localhost ",
-                b"\xc3\xa9.localhost", b"xn--9ca.localhost",
+                b"127.0.0.1",
+                b"[::1]:1",
+                b"proxy.localhost",
+                b"preview.localhost",
+                b"example.com",
+                b"",
+                b"app1.localhost:",
+                b"app1.localhost\x00.evil",
+                b"app1.localhost, example.com",
+                b"app1.localhost@example.com",
+                b"App1.localhost:99999",
+                b"[app1.localhost]",
+                b"app1.localhost:80.",
+                b" app1.localhost ",
+                b"\xc3\xa9.localhost",
+                b"xn--9ca.localhost",
             ]
         ),
     ),
@@ -1027,18 +1176,65 @@ HOSTS = weighted(
 HOST_LINES = weighted((10, st.lists(HOSTS, min_size=1, max_size=1)), (1, st.just([])), (1, st.lists(HOSTS, min_size=2, max_size=2)))
 NAMED_VALUES = st.sampled_from(
     [
-        (b"Accept", b"*/*"), (b"Accept", b"text/html"), (b"Connection", b"close"), (b"Connection", b"keep-alive"), (b"Connection", b"Upgrade"),
-        (b"Connection", b"close, X-Secret"), (b"Upgrade", b"websocket"), (b"Upgrade", b"h2c"), (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
-        (b"Sec-WebSocket-Version", b"13"), (b"Expect", b"100-continue"), (b"Expect", b"nonsense"), (b"Transfer-Encoding", b"chunked"),
-        (b"Transfer-Encoding", b"gzip, chunked"), (b"Transfer-Encoding", b"chunked, identity"), (b"Transfer-Encoding", b"identity"), (b"Transfer-Encoding", b"chunked\x00"),
-        (b"Transfer-Encoding", b" chunked"), (b"Transfer-Encoding", b"xchunked"), (b"Content-Length", b"0"), (b"Content-Length", b"-1"), (b"Content-Length", b"+5"),
-        (b"Content-Length", b"0x5"), (b"Content-Length", b"5, 5"), (b"Content-Length", b"5, 6"), (b"Content-Length", b"99999999999999999999"), (b"Content-Length", b"3"),
-        (b"TE", b"trailers"), (b"Trailer", b"X-Trailer"), (b"Keep-Alive", b"timeout=5"), (b"Via", b"1.1 other"), (b"Forwarded", b"for=1.2.3.4"),
-        (b"X-Forwarded-For", b"1.2.3.4"), (b"X-Forwarded-Host", b"evil.example"), (b"X-Forwarded-Proto", b"https"), (b"Cookie", b"a=1; b=2"), (b"Range", b"bytes=0-1"),
-        (b"Range", b"bytes=5-1"), (b"If-None-Match", b"*"), (b"X-Localhost-Proxy-Probe", b"ready"), (b"Accept-Encoding", b"gzip"), (b"Origin", b"http://evil.example"),
-        (b"X-Long", b"v" * 40000), (b"X-Fold", b"a\r\n b"), (b"X-Fold", b"a\r\n\tb"), (b"X-Bare-LF", b"a\nb"), (b"X-Bare-CR", b"a\rb"), (b"X-Nul", b"x\x00y"),
-        (b"X-Empty", b""), (b"X-Latin", b"\xff\xfe"), (b"X-Utf8", b"\xc3\xa9"), (b"content-length ", b"3"), (b" Host", b"example.com"), (b"Transfer-Encoding\t", b"chunked"),
-        (b"Host", b"example.com"), (b"", b"nameless"), (b"X Space", b"1"), (b"X:Colon", b"1"), (b"\xc3\xa9", b"1"),
+        (b"Accept", b"*/*"),
+        (b"Accept", b"text/html"),
+        (b"Connection", b"close"),
+        (b"Connection", b"keep-alive"),
+        (b"Connection", b"Upgrade"),
+        (b"Connection", b"close, X-Secret"),
+        (b"Upgrade", b"websocket"),
+        (b"Upgrade", b"h2c"),
+        (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+        (b"Sec-WebSocket-Version", b"13"),
+        (b"Expect", b"100-continue"),
+        (b"Expect", b"nonsense"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"Transfer-Encoding", b"gzip, chunked"),
+        (b"Transfer-Encoding", b"chunked, identity"),
+        (b"Transfer-Encoding", b"identity"),
+        (b"Transfer-Encoding", b"chunked\x00"),
+        (b"Transfer-Encoding", b" chunked"),
+        (b"Transfer-Encoding", b"xchunked"),
+        (b"Content-Length", b"0"),
+        (b"Content-Length", b"-1"),
+        (b"Content-Length", b"+5"),
+        (b"Content-Length", b"0x5"),
+        (b"Content-Length", b"5, 5"),
+        (b"Content-Length", b"5, 6"),
+        (b"Content-Length", b"99999999999999999999"),
+        (b"Content-Length", b"3"),
+        (b"TE", b"trailers"),
+        (b"Trailer", b"X-Trailer"),
+        (b"Keep-Alive", b"timeout=5"),
+        (b"Via", b"1.1 other"),
+        (b"Forwarded", b"for=1.2.3.4"),
+        (b"X-Forwarded-For", b"1.2.3.4"),
+        (b"X-Forwarded-Host", b"evil.example"),
+        (b"X-Forwarded-Proto", b"https"),
+        (b"Cookie", b"a=1; b=2"),
+        (b"Range", b"bytes=0-1"),
+        (b"Range", b"bytes=5-1"),
+        (b"If-None-Match", b"*"),
+        (b"X-Localhost-Proxy-Probe", b"ready"),
+        (b"Accept-Encoding", b"gzip"),
+        (b"Origin", b"http://evil.example"),
+        (b"X-Long", b"v" * 40000),
+        (b"X-Fold", b"a\r\n b"),
+        (b"X-Fold", b"a\r\n\tb"),
+        (b"X-Bare-LF", b"a\nb"),
+        (b"X-Bare-CR", b"a\rb"),
+        (b"X-Nul", b"x\x00y"),
+        (b"X-Empty", b""),
+        (b"X-Latin", b"\xff\xfe"),
+        (b"X-Utf8", b"\xc3\xa9"),
+        (b"content-length ", b"3"),
+        (b" Host", b"example.com"),
+        (b"Transfer-Encoding\t", b"chunked"),
+        (b"Host", b"example.com"),
+        (b"", b"nameless"),
+        (b"X Space", b"1"),
+        (b"X:Colon", b"1"),
+        (b"\xc3\xa9", b"1"),
     ]
 )
 RANDOM_FIELDS = st.tuples(
@@ -1056,7 +1252,21 @@ def chunked_bodies(draw: st.DrawFn) -> bytes:
     ending = draw(
         weighted(
             (6, st.just(b"0\r\n\r\n")),
-            (1, st.sampled_from([b"0;ext=1\r\nX-Trailer: 1\r\n\r\n", b"", b"0\r\n", b"zz\r\n\r\n", b"1\r\nab\r\n0\r\n\r\n", b"-1\r\n\r\n", b"0\n\n", b"00000000000000001\r\na\r\n0\r\n\r\n"])),
+            (
+                1,
+                st.sampled_from(
+                    [
+                        b"0;ext=1\r\nX-Trailer: 1\r\n\r\n",
+                        b"",
+                        b"0\r\n",
+                        b"zz\r\n\r\n",
+                        b"1\r\nab\r\n0\r\n\r\n",
+                        b"-1\r\n\r\n",
+                        b"0\n\n",
+                        b"00000000000000001\r\na\r\n0\r\n\r\n",
+                    ]
+                ),
+            ),
         )
     )
     return body + ending
@@ -1071,10 +1281,25 @@ NEWLINES = weighted((12, st.just(b"\r\n")), (1, st.sampled_from([b"\n", b"\r"]))
 CLEAN_FIELDS = st.lists(
     st.sampled_from(
         [
-            (b"Accept", b"*/*"), (b"Accept", b"text/html"), (b"Connection", b"close"), (b"Connection", b"keep-alive"), (b"Cookie", b"a=1; b=2"),
-            (b"X-Forwarded-For", b"1.2.3.4"), (b"Via", b"1.1 other"), (b"Range", b"bytes=0-1"), (b"If-None-Match", b"*"), (b"Expect", b"100-continue"),
-            (b"Accept-Encoding", b"gzip"), (b"Origin", b"http://evil.example"), (b"Connection", b"close, X-Secret"), (b"X-Secret", b"1"), (b"TE", b"trailers"),
-            (b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"), (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="), (b"Sec-WebSocket-Version", b"13"),
+            (b"Accept", b"*/*"),
+            (b"Accept", b"text/html"),
+            (b"Connection", b"close"),
+            (b"Connection", b"keep-alive"),
+            (b"Cookie", b"a=1; b=2"),
+            (b"X-Forwarded-For", b"1.2.3.4"),
+            (b"Via", b"1.1 other"),
+            (b"Range", b"bytes=0-1"),
+            (b"If-None-Match", b"*"),
+            (b"Expect", b"100-continue"),
+            (b"Accept-Encoding", b"gzip"),
+            (b"Origin", b"http://evil.example"),
+            (b"Connection", b"close, X-Secret"),
+            (b"X-Secret", b"1"),
+            (b"TE", b"trailers"),
+            (b"Upgrade", b"websocket"),
+            (b"Connection", b"Upgrade"),
+            (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+            (b"Sec-WebSocket-Version", b"13"),
         ]
     ),
     max_size=4,
@@ -1090,7 +1315,13 @@ def request_heads(draw: st.DrawFn) -> tuple[bytes, bytes]:
     """
     if draw(st.booleans()):
         method = draw(GOOD_METHODS)
-        line = method + b" " + draw(weighted((2, GOOD_TARGETS), (1, PERCENT_PATHS.map(str.encode)))) + b" " + draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0"]))
+        line = (
+            method
+            + b" "
+            + draw(weighted((2, GOOD_TARGETS), (1, PERCENT_PATHS.map(str.encode))))
+            + b" "
+            + draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0"]))
+        )
         fields = [(b"Host", draw(GOOD_HOSTS)), *draw(CLEAN_FIELDS)]
         body = draw(weighted((2, st.just(b"")), (2, st.binary(max_size=64))))
         if body or method in (b"POST", b"PUT"):
@@ -1129,10 +1360,8 @@ def exchange_once(port: int, data: bytes, method: bytes) -> tuple[Answer | None,
     after it, and whether the proxy closed the connection right after those."""
     with socket.create_connection(("127.0.0.1", port), timeout=ANSWER_WITHIN) as sock:
         wire = Wire(sock, time.monotonic() + ANSWER_WITHIN)
-        try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it may have answered and closed already: read what it said
             sock.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # it may have answered and closed already: read what it said
         answer = read_answer(wire, method)
         if answer is None or not wire.buffer:
             return answer, wire.buffer, answer is None

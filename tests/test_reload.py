@@ -14,8 +14,8 @@ import asyncio
 import os
 import re
 import signal
-import sys
 import socket
+import sys
 import textwrap
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass

@@ -70,7 +70,18 @@ def test_normalize_host(header: str, host: str) -> None:
         ("exact.preview.localhost", "exact.preview.localhost"),
         ("Exact.Preview.Localhost.:1", "exact.preview.localhost"),
     ],
-    ids=["exact", "case-and-port", "trailing-dot", "wildcard-one-label", "wildcard-many-labels", "most-specific-wildcard", "most-specific-deep", "outer-wildcard-for-inner-suffix", "exact-beats-wildcard", "exact-beats-wildcard-normalized"],
+    ids=[
+        "exact",
+        "case-and-port",
+        "trailing-dot",
+        "wildcard-one-label",
+        "wildcard-many-labels",
+        "most-specific-wildcard",
+        "most-specific-deep",
+        "outer-wildcard-for-inner-suffix",
+        "exact-beats-wildcard",
+        "exact-beats-wildcard-normalized",
+    ],
 )
 def test_match_site(table: RoutingTable, header: str, site_host: str) -> None:
     site = table.match_site(header)
@@ -111,7 +122,23 @@ def test_match_site_without_wildcards_only_matches_exact_names() -> None:
         ("10.0.0.1", HostKind.FOREIGN, None),
         ("", HostKind.FOREIGN, None),
     ],
-    ids=["localhost", "localhost-dot", "ipv4", "ipv6", "proxy", "site", "wildcard-site", "foreign-wildcard-site", "unknown-local", "bare-wildcard-suffix", "loopback-ip", "foreign", "rebinding", "lan-ip", "empty"],
+    ids=[
+        "localhost",
+        "localhost-dot",
+        "ipv4",
+        "ipv6",
+        "proxy",
+        "site",
+        "wildcard-site",
+        "foreign-wildcard-site",
+        "unknown-local",
+        "bare-wildcard-suffix",
+        "loopback-ip",
+        "foreign",
+        "rebinding",
+        "lan-ip",
+        "empty",
+    ],
 )
 def test_classify(table: RoutingTable, header: str, kind: HostKind, site_host: str | None) -> None:
     found_kind, site = table.classify(header)
@@ -139,7 +166,24 @@ def test_classify(table: RoutingTable, header: str, kind: HostKind, site_host: s
         ("/api//x/../y", "/api", "/api//x/../y"),
         ("/x?next=/api/y", "/", "/x?next=/api/y"),
     ],
-    ids=["root", "exact", "slash", "below", "query", "no-partial-segment", "no-extension", "case-sensitive", "longest-wins", "v2-partial-segment", "longest-with-query", "percent-untouched", "encoded-slash-not-a-boundary", "encoded-letter-not-decoded", "dot-segments-untouched", "query-not-a-path"],
+    ids=[
+        "root",
+        "exact",
+        "slash",
+        "below",
+        "query",
+        "no-partial-segment",
+        "no-extension",
+        "case-sensitive",
+        "longest-wins",
+        "v2-partial-segment",
+        "longest-with-query",
+        "percent-untouched",
+        "encoded-slash-not-a-boundary",
+        "encoded-letter-not-decoded",
+        "dot-segments-untouched",
+        "query-not-a-path",
+    ],
 )
 def test_match_route_longest_prefix_on_segment_boundary_forwards_path_unchanged(table: RoutingTable, raw: str, prefix: str, target: str) -> None:
     match = match_route(site_named(table, "shop.localhost"), raw)

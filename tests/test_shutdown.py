@@ -7,6 +7,7 @@ cleanly, new connections are refused, and the process exits 0 within 10 s whatev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -53,10 +54,8 @@ async def upstream() -> AsyncIterator[Upstream]:
 
     async def hang(request: web.Request) -> web.Response:
         arrived["/hang"].set()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(release.wait(), 30)
-        except asyncio.TimeoutError:
-            pass
         return web.Response(text="finished after 30 s")
 
     async def ws(request: web.Request) -> web.WebSocketResponse:
@@ -122,7 +121,7 @@ async def within(awaitable: Awaitable[T], seconds: float, proxy: Proxy, what: st
     """Await with a timeout; on timeout fail with what the proxy logged, for diagnosis."""
     try:
         return await asyncio.wait_for(awaitable, seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         running = "still running" if proxy.process.poll() is None else f"exited {proxy.process.returncode}"
         raise AssertionError(f"{what} within {seconds:g} s (proxy {running}); its stderr:\n{proxy.stderr()}") from None
 
@@ -138,7 +137,7 @@ async def is_refused(port: int) -> bool:
         _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1)
     except ConnectionRefusedError:
         return True
-    except (asyncio.TimeoutError, ConnectionResetError):  # reset: caught in the backlog as the listener closed
+    except (TimeoutError, ConnectionResetError):  # reset: caught in the backlog as the listener closed
         return False
     writer.close()
     return False

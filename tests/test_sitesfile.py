@@ -61,8 +61,14 @@ ADD_CASES = [
         "sites:\n  a:\n    upstream: 1\n    # preserve_host: false\n  app1: 3000\n  # b: 2\n",
         id="after-a-block-value-and-its-own-comments",
     ),
-    pytest.param("sites:\n  a: >-\n    3000\n\n\n# end\n", "sites:\n  a: >-\n    3000\n  app1: 3000\n\n\n# end\n", id="after-a-block-scalar-not-its-blank-lines"),
-    pytest.param("sites:\n  a: {upstream: 1,\n      preserve_host: false}  # x\n", "sites:\n  a: {upstream: 1,\n      preserve_host: false}  # x\n  app1: 3000\n", id="after-a-multi-line-flow-value"),
+    pytest.param(
+        "sites:\n  a: >-\n    3000\n\n\n# end\n", "sites:\n  a: >-\n    3000\n  app1: 3000\n\n\n# end\n", id="after-a-block-scalar-not-its-blank-lines"
+    ),
+    pytest.param(
+        "sites:\n  a: {upstream: 1,\n      preserve_host: false}  # x\n",
+        "sites:\n  a: {upstream: 1,\n      preserve_host: false}  # x\n  app1: 3000\n",
+        id="after-a-multi-line-flow-value",
+    ),
     pytest.param("sites:\n", "sites:\n  app1: 3000\n", id="empty-sites"),
     pytest.param("sites:", "sites:\n  app1: 3000\n", id="empty-sites-no-newline"),
     pytest.param("sites:  # none yet\n  # a: 1\n", "sites:  # none yet\n  app1: 3000\n  # a: 1\n", id="empty-sites-with-comments"),

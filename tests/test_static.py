@@ -155,8 +155,22 @@ def test_parse_static_path_decodes_each_segment(target: str, expected: StaticPat
         ("/%ff", 400),
         ("http://x/y", 400),
     ],
-    ids=["dotdot", "dot", "encoded-dotdot", "mixed-case-dotdot", "dotfile", "dotfile-in-well-known", "encoded-slash",
-         "encoded-backslash", "backslash", "nul", "newline", "bad-escape", "not-utf8", "absolute-form"],
+    ids=[
+        "dotdot",
+        "dot",
+        "encoded-dotdot",
+        "mixed-case-dotdot",
+        "dotfile",
+        "dotfile-in-well-known",
+        "encoded-slash",
+        "encoded-backslash",
+        "backslash",
+        "nul",
+        "newline",
+        "bad-escape",
+        "not-utf8",
+        "absolute-form",
+    ],
 )
 def test_parse_static_path_refuses(target: str, status: int) -> None:
     refusal = parse_static_path(target)
@@ -300,9 +314,22 @@ async def test_symlink_inside_the_root_is_served(served: Served) -> None:
         ("/.env", 404),
         ("/sub/.git/config", 404),
     ],
-    ids=["encoded-dotdot", "encoded-dotdot-sibling", "encoded-slash", "encoded-slash-sibling", "dotdot",
-         "dotdot-sibling", "backslash", "encoded-backslash", "nul", "symlinked-file-outside", "symlinked-folder-outside",
-         "symlinked-folder-index-outside", "dotfile", "dot-folder"],
+    ids=[
+        "encoded-dotdot",
+        "encoded-dotdot-sibling",
+        "encoded-slash",
+        "encoded-slash-sibling",
+        "dotdot",
+        "dotdot-sibling",
+        "backslash",
+        "encoded-backslash",
+        "nul",
+        "symlinked-file-outside",
+        "symlinked-folder-outside",
+        "symlinked-folder-index-outside",
+        "dotfile",
+        "dot-folder",
+    ],
 )
 async def test_nothing_outside_the_root_or_hidden_is_served(served: Served, target: str, status: int) -> None:
     got, _, body = await served.raw(target)

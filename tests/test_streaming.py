@@ -89,9 +89,7 @@ async def warm_up(client: aiohttp.ClientSession, proxy: Proxy) -> None:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("framing", ["chunked", "content-length"])
-async def test_100_mib_upload_to_slow_upstream_streams_with_bounded_memory(
-    start_proxy: ProxyFactory, client: aiohttp.ClientSession, framing: str
-) -> None:
+async def test_100_mib_upload_to_slow_upstream_streams_with_bounded_memory(start_proxy: ProxyFactory, client: aiohttp.ClientSession, framing: str) -> None:
     """A 100 MiB body sent faster than the upstream reads it passes in full while the proxy stays small."""
     total = 100 * MiB
     upstream_rate = 16 * MiB  # ~6 s for the whole body
@@ -140,7 +138,9 @@ async def test_100_mib_upload_to_slow_upstream_streams_with_bounded_memory(
         finally:
             await sampler.stop()
 
-    print(f"\n100 MiB upload ({framing}): proxy RSS baseline {sampler.baseline / MiB:.1f} MiB, peak growth {sampler.growth / MiB:.1f} MiB over {sampler.samples} samples")
+    print(
+        f"\n100 MiB upload ({framing}): proxy RSS baseline {sampler.baseline / MiB:.1f} MiB, peak growth {sampler.growth / MiB:.1f} MiB over {sampler.samples} samples"
+    )
     assert answer["bytes"] == total
     assert answer["sha256"] == sent.hexdigest()
     assert sampler.samples > 20, "the transfer was too quick to observe"
@@ -218,7 +218,7 @@ async def read_until(resp: aiohttp.ClientResponse, marker: bytes, timeout: float
             break
         try:
             chunk = await asyncio.wait_for(resp.content.readany(), timeout=left)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             break
         if not chunk:
             break

@@ -111,9 +111,16 @@ def nssdb(tmp_path: Path) -> Path:
     return make_nssdb(tmp_path / "nssdb")
 
 
-def trust_nss(ca_path: Path, db: Path, *, leaf: Path | None = None, dry_run: bool = False, run_as: tuple[int, int] | None = None) -> tuple[int, Output, TrustPlan]:
+def trust_nss(
+    ca_path: Path, db: Path, *, leaf: Path | None = None, dry_run: bool = False, run_as: tuple[int, int] | None = None
+) -> tuple[int, Output, TrustPlan]:
     ca = load_ca(str(ca_path))
-    plan = plan_trust(ca, survey_machine(ca, platform="debian", home="/nonexistent", nssdbs=[str(db)], include_system=False), include_system=False, leaf_pem_path=str(leaf) if leaf else None)
+    plan = plan_trust(
+        ca,
+        survey_machine(ca, platform="debian", home="/nonexistent", nssdbs=[str(db)], include_system=False),
+        include_system=False,
+        leaf_pem_path=str(leaf) if leaf else None,
+    )
     out = Output()
     return run_plan(plan, dry_run=dry_run, out=out, is_root=False, run_as=run_as), out, plan
 
@@ -373,7 +380,10 @@ def test_run_plan_reports_the_handshake_check(ca: TestCa, tmp_path: Path, client
     client = ssl.create_default_context(cafile=str(ca.pem_path)) if client_trusts else None
     out = Output()
     result = run_plan(
-        system_check_plan(ca, expect_valid), dry_run=False, out=out, is_root=True,
+        system_check_plan(ca, expect_valid),
+        dry_run=False,
+        out=out,
+        is_root=True,
         system_check=lambda: loopback_handshake(context, "app1.localhost", client),
     )
     assert result == code, out.text
@@ -417,7 +427,9 @@ def test_under_sudo_nss_commands_run_as_the_user_and_leave_their_files_theirs(ca
         db = home / "nssdb"
         db.mkdir()
         os.chown(db, nobody, nobody)
-        subprocess.run(["certutil", "-N", "-d", f"sql:{db}", "--empty-password"], check=True, capture_output=True, timeout=30, user=nobody, group=nobody, extra_groups=[])
+        subprocess.run(
+            ["certutil", "-N", "-d", f"sql:{db}", "--empty-password"], check=True, capture_output=True, timeout=30, user=nobody, group=nobody, extra_groups=[]
+        )
         shutil.copy(ca.pem_path, home / "ca.pem")
         os.chmod(home / "ca.pem", 0o644)
         code, out, plan = trust_nss(home / "ca.pem", db, run_as=(nobody, nobody))

@@ -115,11 +115,15 @@ def unanswering_port() -> Iterator[int]:
         yield port
 
 
-async def test_connect_timeout_is_504_within_seconds(start_proxy: ProxyFactory, unanswering_port: int, echo_server: TestServer, client: aiohttp.ClientSession) -> None:
+async def test_connect_timeout_is_504_within_seconds(
+    start_proxy: ProxyFactory, unanswering_port: int, echo_server: TestServer, client: aiohttp.ClientSession
+) -> None:
     proxy = await start_proxy({"stuck": {"upstream": f"127.0.0.1:{unanswering_port}", "connect_timeout": 1}, "ok": echo_server.port})
     loop = asyncio.get_running_loop()
     started = loop.time()
-    async with client.get(f"{proxy.base}/", headers={"Host": "stuck.localhost", "Accept": "application/json"}, timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as resp:
+    async with client.get(
+        f"{proxy.base}/", headers={"Host": "stuck.localhost", "Accept": "application/json"}, timeout=aiohttp.ClientTimeout(total=TIMEOUT)
+    ) as resp:
         assert resp.status == 504
         problem = await resp.json()
     assert 0.9 <= loop.time() - started < 4
@@ -127,7 +131,9 @@ async def test_connect_timeout_is_504_within_seconds(start_proxy: ProxyFactory, 
     await assert_still_serving(proxy, client)
 
 
-async def test_websocket_connect_timeout_is_504_not_a_hang(start_proxy: ProxyFactory, unanswering_port: int, echo_server: TestServer, client: aiohttp.ClientSession) -> None:
+async def test_websocket_connect_timeout_is_504_not_a_hang(
+    start_proxy: ProxyFactory, unanswering_port: int, echo_server: TestServer, client: aiohttp.ClientSession
+) -> None:
     """A WebSocket upgrade to an upstream that never accepts ends in 504 after connect_timeout."""
     proxy = await start_proxy({"stuck": {"upstream": f"127.0.0.1:{unanswering_port}", "connect_timeout": 1}, "ok": echo_server.port})
     loop = asyncio.get_running_loop()
@@ -166,7 +172,9 @@ CUT_OFF = {
 
 
 @pytest.mark.parametrize("framing", CUT_OFF)
-async def test_upstream_dying_mid_body_aborts_client_response(start_proxy: ProxyFactory, echo_server: TestServer, client: aiohttp.ClientSession, framing: str) -> None:
+async def test_upstream_dying_mid_body_aborts_client_response(
+    start_proxy: ProxyFactory, echo_server: TestServer, client: aiohttp.ClientSession, framing: str
+) -> None:
     async with raw_upstream(canned(CUT_OFF[framing])) as port:
         proxy = await start_proxy({"dies": f"127.0.0.1:{port}", "ok": echo_server.port})
         async with client.get(f"{proxy.base}/", headers={"Host": "dies.localhost"}) as resp:
@@ -194,7 +202,9 @@ async def test_site_whose_upstream_is_the_proxy_gets_508_quickly(start_proxy: Pr
     proxy = await start_proxy({"loop": port}, http=f"127.0.0.1:{port}")
     loop = asyncio.get_running_loop()
     started = loop.time()
-    async with client.get(f"{proxy.base}/", headers={"Host": "loop.localhost"}, skip_auto_headers=["Accept"], timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as resp:
+    async with client.get(
+        f"{proxy.base}/", headers={"Host": "loop.localhost"}, skip_auto_headers=["Accept"], timeout=aiohttp.ClientTimeout(total=TIMEOUT)
+    ) as resp:
         assert resp.status == 508
         text = await resp.text()
     assert loop.time() - started < 3

@@ -142,7 +142,9 @@ def websockets_connect(port: int, path: str = "/", **kwargs: Any) -> WebsocketsC
 # ---------------------------------------------------------------- messages
 
 
-async def test_text_and_binary_echo_through_aiohttp_client(start_proxy: ProxyFactory, ws_upstream: tuple[TestServer, WsUpstream], client: aiohttp.ClientSession) -> None:
+async def test_text_and_binary_echo_through_aiohttp_client(
+    start_proxy: ProxyFactory, ws_upstream: tuple[TestServer, WsUpstream], client: aiohttp.ClientSession
+) -> None:
     server, upstream = ws_upstream
     proxy = await start_proxy({"app1": server.port})
     ws = await ws_connect(client, proxy.port, "/hmr?token=abc")
@@ -209,7 +211,9 @@ async def test_1000_messages_round_trip_in_order(start_proxy: ProxyFactory, ws_u
 # ---------------------------------------------------------------- control frames
 
 
-async def test_client_ping_reaches_upstream_and_its_pong_comes_back(start_proxy: ProxyFactory, ws_upstream: tuple[TestServer, WsUpstream], client: aiohttp.ClientSession) -> None:
+async def test_client_ping_reaches_upstream_and_its_pong_comes_back(
+    start_proxy: ProxyFactory, ws_upstream: tuple[TestServer, WsUpstream], client: aiohttp.ClientSession
+) -> None:
     server, upstream = ws_upstream
     proxy = await start_proxy({"app1": server.port})
     ws = await ws_connect(client, proxy.port, autoping=False)
@@ -246,7 +250,9 @@ async def test_upstream_ping_reaches_client_and_its_pong_reaches_upstream(start_
 # ---------------------------------------------------------------- handshake headers
 
 
-async def test_subprotocol_offered_by_client_is_negotiated_with_upstream(start_proxy: ProxyFactory, ws_upstream: tuple[TestServer, WsUpstream], client: aiohttp.ClientSession) -> None:
+async def test_subprotocol_offered_by_client_is_negotiated_with_upstream(
+    start_proxy: ProxyFactory, ws_upstream: tuple[TestServer, WsUpstream], client: aiohttp.ClientSession
+) -> None:
     server, upstream = ws_upstream
     proxy = await start_proxy({"app1": server.port})
     ws = await ws_connect(client, proxy.port, protocols=("vite-hmr",))
@@ -271,7 +277,9 @@ async def test_subprotocol_through_websockets_library(start_proxy: ProxyFactory,
     assert [p.strip() for p in seen.offered_protocols.split(",")] == ["unknown-proto", "vite-hmr"]
 
 
-async def test_no_subprotocol_offered_means_none_selected(start_proxy: ProxyFactory, ws_upstream: tuple[TestServer, WsUpstream], client: aiohttp.ClientSession) -> None:
+async def test_no_subprotocol_offered_means_none_selected(
+    start_proxy: ProxyFactory, ws_upstream: tuple[TestServer, WsUpstream], client: aiohttp.ClientSession
+) -> None:
     server, upstream = ws_upstream
     proxy = await start_proxy({"app1": server.port})
     ws = await ws_connect(client, proxy.port)
@@ -301,7 +309,9 @@ async def test_origin_reaches_upstream_unchanged(start_proxy: ProxyFactory, ws_u
 # ---------------------------------------------------------------- closing
 
 
-async def test_client_close_code_and_reason_reach_upstream(start_proxy: ProxyFactory, ws_upstream: tuple[TestServer, WsUpstream], client: aiohttp.ClientSession) -> None:
+async def test_client_close_code_and_reason_reach_upstream(
+    start_proxy: ProxyFactory, ws_upstream: tuple[TestServer, WsUpstream], client: aiohttp.ClientSession
+) -> None:
     server, upstream = ws_upstream
     proxy = await start_proxy({"app1": server.port})
     ws = await ws_connect(client, proxy.port)
@@ -321,7 +331,9 @@ async def test_client_close_through_websockets_library_reaches_upstream(start_pr
     assert await asyncio.wait_for(seen.close, timeout=WAIT) == (4000, "done")
 
 
-async def test_upstream_close_code_and_reason_reach_client(start_proxy: ProxyFactory, ws_upstream: tuple[TestServer, WsUpstream], client: aiohttp.ClientSession) -> None:
+async def test_upstream_close_code_and_reason_reach_client(
+    start_proxy: ProxyFactory, ws_upstream: tuple[TestServer, WsUpstream], client: aiohttp.ClientSession
+) -> None:
     server, _ = ws_upstream
     proxy = await start_proxy({"app1": server.port})
     ws = await ws_connect(client, proxy.port)
@@ -349,7 +361,9 @@ async def test_upstream_close_through_websockets_library_reaches_client(start_pr
 # ---------------------------------------------------------------- failures
 
 
-async def test_upstream_refusing_the_upgrade_gives_the_client_an_error_status(start_proxy: ProxyFactory, ws_upstream: tuple[TestServer, WsUpstream], client: aiohttp.ClientSession) -> None:
+async def test_upstream_refusing_the_upgrade_gives_the_client_an_error_status(
+    start_proxy: ProxyFactory, ws_upstream: tuple[TestServer, WsUpstream], client: aiohttp.ClientSession
+) -> None:
     server, _ = ws_upstream
     proxy = await start_proxy({"app1": server.port})
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
@@ -379,7 +393,9 @@ async def test_dead_upstream_fails_the_handshake_with_502_quickly(start_proxy: P
 # ---------------------------------------------------------------- routes and the rest of the proxy
 
 
-async def test_websocket_through_a_path_route(start_proxy: ProxyFactory, ws_upstream: tuple[TestServer, WsUpstream], echo_server: TestServer, client: aiohttp.ClientSession) -> None:
+async def test_websocket_through_a_path_route(
+    start_proxy: ProxyFactory, ws_upstream: tuple[TestServer, WsUpstream], echo_server: TestServer, client: aiohttp.ClientSession
+) -> None:
     """/ws goes to the socket app, / to another app; the route's upstream gets the full path."""
     server, upstream = ws_upstream
     proxy = await start_proxy({"app1": {"routes": {"/ws": server.port, "/": echo_server.port}}})
@@ -397,7 +413,9 @@ async def test_websocket_through_a_path_route(start_proxy: ProxyFactory, ws_upst
         assert (await resp.json())["target"] == "/page"
 
 
-async def test_proxy_still_serves_http_after_websockets(start_proxy: ProxyFactory, ws_upstream: tuple[TestServer, WsUpstream], client: aiohttp.ClientSession) -> None:
+async def test_proxy_still_serves_http_after_websockets(
+    start_proxy: ProxyFactory, ws_upstream: tuple[TestServer, WsUpstream], client: aiohttp.ClientSession
+) -> None:
     server, _ = ws_upstream
     proxy = await start_proxy({"app1": server.port})
     for i in range(3):

@@ -62,7 +62,8 @@ def _is_textual(content_type: str) -> bool:
     return (
         media.startswith("text/")
         or media.endswith(("+json", "+xml"))
-        or media in ("application/json", "application/xml", "application/javascript", "application/x-www-form-urlencoded", "application/graphql", "image/svg+xml")
+        or media
+        in ("application/json", "application/xml", "application/javascript", "application/x-www-form-urlencoded", "application/graphql", "image/svg+xml")
     )
 
 

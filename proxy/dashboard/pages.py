@@ -66,14 +66,12 @@ def problem_response(problem: Problem, accept: str, dashboard_url: str) -> web.R
         if problem.hint:
             lines.append(problem.hint)
         return web.Response(text="\n".join(lines) + "\n", status=problem.status, headers=headers)
-    facts = "".join(
-        f"<dt>{html.escape(k)}</dt><dd>{html.escape(', '.join(v) if isinstance(v, list) else v)}</dd>" for k, v in problem.facts.items()
-    )
+    facts = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(', '.join(v) if isinstance(v, list) else v)}</dd>" for k, v in problem.facts.items())
     body = f"""<h1><span class="status">{problem.status}</span> {html.escape(problem.title)}</h1>
 <p class="detail">{html.escape(problem.detail)}</p>
-{f'<p class="hint">{html.escape(problem.hint)}</p>' if problem.hint else ''}
-{f'<dl>{facts}</dl>' if facts else ''}
-{_WAIT_FOR_UPSTREAM if problem.reload_when_ready else ''}
+{f'<p class="hint">{html.escape(problem.hint)}</p>' if problem.hint else ""}
+{f"<dl>{facts}</dl>" if facts else ""}
+{_WAIT_FOR_UPSTREAM if problem.reload_when_ready else ""}
 <p><a href="{html.escape(dashboard_url)}">All sites</a></p>"""
     return web.Response(text=_page(problem.title, body, dashboard_url), status=problem.status, content_type="text/html", headers=headers)
 
@@ -107,7 +105,9 @@ def site_url(site: Site, scheme: str, port: int | None) -> str | None:
 Activity = dict[str, tuple[int, int]]  # site host -> (requests, errors) in the last minute
 
 
-def api_sites(config: Config, config_error: str | None, book: UpstreamBook, scheme: str, port: int | None, activity: Activity | None = None) -> dict[str, object]:
+def api_sites(
+    config: Config, config_error: str | None, book: UpstreamBook, scheme: str, port: int | None, activity: Activity | None = None
+) -> dict[str, object]:
     """Return the /api/sites document: the config file, why its latest save was not loaded (or null), the sites."""
     return {
         "config": config.file,
@@ -189,7 +189,14 @@ def _config_banner(config: Config, config_error: str | None) -> str:
 
 
 def index_response(
-    config: Config, config_error: str | None, book: UpstreamBook, accept: str, scheme: str, port: int | None, dashboard_url: str, activity: Activity | None = None
+    config: Config,
+    config_error: str | None,
+    book: UpstreamBook,
+    accept: str,
+    scheme: str,
+    port: int | None,
+    dashboard_url: str,
+    activity: Activity | None = None,
 ) -> web.Response:
     """Return the dashboard: every site with its state and traffic, the config error if any, and the request inspector."""
     activity = activity or {}
@@ -198,7 +205,7 @@ def index_response(
     if _wants(accept) == "text":
         lines = [f"{site.host}  ->  {', '.join(site.target_lines())}  ({site.mark})" for site in config.sites]
         if config_error:
-            lines = [f"{config.file} was not loaded; still serving the last good config:", config_error, ""] + lines
+            lines = [f"{config.file} was not loaded; still serving the last good config:", config_error, "", *lines]
         return web.Response(text="\n".join(lines or ["no sites configured"]) + "\n")
     body = f"""{_config_banner(config, config_error)}<h1>Sites <span class="live" id="live" title="updates live">connecting…</span></h1>
 <p class="detail">Routed from <code>{html.escape(config.file)}</code>. State is checked every 2 s while this page is open. <button type="button" id="check-now">Check now</button></p>
@@ -234,7 +241,13 @@ def unknown_site_response(host: str, config: Config, book: UpstreamBook, accept:
     command = f"localhost-proxy add {shlex.quote(name)} 3000{config_flag}"
     if _wants(accept) != "html":
         return problem_response(
-            Problem(404, "No such site", f"{host} is not in {config.file}.", f"Add it with `{command}` (your app's port instead of 3000), or write `{snippet}` under sites:.", {"sites": [s.host for s in config.sites], "add": command}),
+            Problem(
+                404,
+                "No such site",
+                f"{host} is not in {config.file}.",
+                f"Add it with `{command}` (your app's port instead of 3000), or write `{snippet}` under sites:.",
+                {"sites": [s.host for s in config.sites], "add": command},
+            ),
             accept,
             dashboard_url,
         )

@@ -8,6 +8,7 @@ endpoint that makes the proxy do something, takes only a JSON POST from the dash
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -96,7 +97,12 @@ class Dashboard:
         if path == "/api/events":
             return await self._events(request, scheme, port)
         return pages.problem_response(
-            pages.Problem(404, "Not found", f"The proxy has no page at {path}.", "The dashboard is at /; the API is described in the README (/api/sites, /api/requests, /api/events)."),
+            pages.Problem(
+                404,
+                "Not found",
+                f"The proxy has no page at {path}.",
+                "The dashboard is at /; the API is described in the README (/api/sites, /api/requests, /api/events).",
+            ),
             accept,
             dashboard_url,
         )
@@ -245,7 +251,7 @@ class Dashboard:
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
             ) as answer:
                 await _read_some(answer)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return _error(502, "replay failed", f"the proxy could not replay through {listener.url}: {exc}")
         finally:
             self._pending_replays.pop(token, None)
@@ -313,7 +319,7 @@ class Dashboard:
             while not subscriber.is_dropped:
                 try:
                     item = await asyncio.wait_for(subscriber.queue.get(), KEEPALIVE_INTERVAL)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     await response.write(b": keep-alive\n\n")
                     continue
                 if item is None:
@@ -329,10 +335,8 @@ class Dashboard:
         """End every event stream (for shutdown) and the replay client."""
         for subscriber in list(self._subscribers):
             subscriber.is_dropped = True
-            try:
+            with contextlib.suppress(asyncio.QueueFull):
                 subscriber.queue.put_nowait(None)
-            except asyncio.QueueFull:
-                pass
         self._subscribers.clear()
         if self._prober is not None:
             self._prober.cancel()
