@@ -52,8 +52,8 @@ from cryptography.x509.oid import NameOID
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # time the checkout's parser, installed or not
 
-from proxy.config import parse_config_file_text  # noqa: E402
-from proxy.routing import RoutingTable  # noqa: E402
+from proxy.config.load import parse_config_file_text  # noqa: E402
+from proxy.routing.table import RoutingTable  # noqa: E402
 
 HOST = "bench.localhost"  # the site every HTTP request names
 WS_HOST = "ws.localhost"

@@ -20,15 +20,19 @@ from dataclasses import asdict
 
 from aiohttp import http_parser
 
-from proxy import __version__, doctor, ports, trust
-from proxy.config import Config, ListenAddress, certs_folder, disk_root_checker, load_config, normalize_site_name, parse_listen_address
-from proxy.connections import connection_cap, raise_open_file_limit
+from proxy import __version__
+from proxy.config.edits import add_site, remove_site, write_atomically
+from proxy.config.load import certs_folder, disk_root_checker, load_config
+from proxy.config.model import Config, ListenAddress
+from proxy.config.parse import normalize_site_name, parse_listen_address
+from proxy.config.reload import ConfigWatcher, Reloader
 from proxy.dashboard.pages import site_url
+from proxy.diagnostics import doctor, ports
 from proxy.errors import ConfigErrors, ProxyError
-from proxy.reload import ConfigWatcher, Reloader
+from proxy.frontends.http1.connection import connection_cap, raise_open_file_limit
 from proxy.server import Listener, ProxyServer
-from proxy.sitesfile import add_site, remove_site, write_atomically
-from proxy.tls import CA_CERT_FILE, LeafCache, load_or_create_ca
+from proxy.tls import trust
+from proxy.tls.ca import CA_CERT_FILE, LeafCache, load_or_create_ca
 
 EXIT_OK, EXIT_NEGATIVE, EXIT_USER_ERROR = 0, 1, 2
 

@@ -20,25 +20,27 @@ from urllib.parse import urlsplit
 
 from aiohttp import HttpVersion10, HttpVersion11, web
 
-from proxy import hosthints
-from proxy.accesslog import AccessLog
-from proxy.admission import refusal
-from proxy.config import Config, ListenAddress, Site, StaticRoot, Upstreams, certs_folder, format_host
-from proxy.connections import GuardedServer
+from proxy.config.load import certs_folder
+from proxy.config.model import Config, ListenAddress, Site, StaticRoot, Upstreams
 from proxy.dashboard import pages
 from proxy.dashboard.views import Dashboard
+from proxy.diagnostics import hosthints
+from proxy.diagnostics.accesslog import AccessLog
+from proxy.diagnostics.hosthints import detect_host_refusal
+from proxy.diagnostics.inspector import BODY_LIMIT, Exchange, RequestLog
+from proxy.diagnostics.nearby import explain_refused
+from proxy.diagnostics.ports import accepts_connections, describe_listener
 from proxy.errors import ListenError
-from proxy.fastpath import ClientRequest, aiohttp_request
-from proxy.forward import Forwarder, UpstreamFailure, is_websocket_upgrade, new_upstream_session
-from proxy.headers import LOOP_HEADER, REPLAY_HEADER, sites_passed
-from proxy.hosthints import detect_host_refusal
-from proxy.inspector import BODY_LIMIT, Exchange, RequestLog
-from proxy.nearby import explain_refused
-from proxy.ports import accepts_connections, describe_listener
-from proxy.routing import HostKind, RouteMatch, RoutingTable, match_route, normalize_host
-from proxy.static import serve_static
-from proxy.tls import AlertingSSLObject, LeafCache, context_from_files, is_local_tls_name
-from proxy.upstreams import UpstreamBook
+from proxy.forwarding.admission import refusal
+from proxy.forwarding.headers import LOOP_HEADER, REPLAY_HEADER, sites_passed
+from proxy.forwarding.health import UpstreamBook
+from proxy.forwarding.http import Forwarder, UpstreamFailure, is_websocket_upgrade, new_upstream_session
+from proxy.forwarding.static import serve_static
+from proxy.frontends.http1.connection import GuardedServer
+from proxy.frontends.http1.heads import ClientRequest, aiohttp_request
+from proxy.names import format_host, normalize_host
+from proxy.routing.table import HostKind, RouteMatch, RoutingTable, match_route
+from proxy.tls.ca import AlertingSSLObject, LeafCache, context_from_files, is_local_tls_name
 
 log = logging.getLogger("proxy")
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from proxy.accesslog import MAX_PENDING, AccessLog, format_line
+from proxy.diagnostics.accesslog import MAX_PENDING, AccessLog, format_line
 
 
 def test_a_line_has_time_host_method_target_status_upstream_duration_and_note() -> None:

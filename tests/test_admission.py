@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.admission import refusal
+from proxy.forwarding.admission import refusal
 
 
 def codings(headers: list[tuple[str, str]]) -> list[str]:

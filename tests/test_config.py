@@ -8,18 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import (
-    Config,
-    StaticRoot,
-    Upstream,
-    Upstreams,
-    disk_root_checker,
-    load_config,
-    normalize_site_name,
-    parse_config,
-    parse_listen_address,
-    parse_upstream,
-)
+from proxy.config.load import disk_root_checker, load_config
+from proxy.config.model import Config, StaticRoot, Upstream, Upstreams
+from proxy.config.parse import normalize_site_name, parse_config, parse_listen_address, parse_upstream
 from proxy.errors import ConfigError, ConfigErrors, ListenError, Mark
 
 FOLDER = "/srv/project"

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import ListenAddress, Upstream, parse_config
-from proxy.doctor import (
+from proxy.config.model import ListenAddress, Upstream
+from proxy.config.parse import parse_config
+from proxy.diagnostics.doctor import (
     FAIL,
     INFO,
     OK,
@@ -39,7 +40,7 @@ from proxy.doctor import (
     judge_proxy_port,
     judge_upstream,
 )
-from proxy.ports import ListeningSocket, guess_site_name, is_proxy_command, port_entries, port_table, who_lines
+from proxy.diagnostics.ports import ListeningSocket, guess_site_name, is_proxy_command, port_entries, port_table, who_lines
 from tests.conftest import free_port, has_ipv6_loopback
 
 PROXY = [sys.executable, "-m", "proxy"]

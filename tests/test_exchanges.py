@@ -8,17 +8,8 @@ import shlex
 
 import pytest
 
-from proxy.dashboard.exchanges import (
-    EditError,
-    ReplayRefused,
-    body_view,
-    curl_command,
-    detail,
-    redact_value,
-    replay_request,
-    shown_headers,
-)
-from proxy.inspector import BODY_LIMIT, BodyTap, Exchange
+from proxy.dashboard.exchanges import EditError, ReplayRefused, body_view, curl_command, detail, redact_value, replay_request, shown_headers
+from proxy.diagnostics.inspector import BODY_LIMIT, BodyTap, Exchange
 
 
 def raw(*pairs: tuple[str, str]) -> tuple[tuple[bytes, bytes], ...]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from aiohttp import HttpVersion10, HttpVersion11
 
-from proxy.fastpath import HeadReader, RequestHead
+from proxy.frontends.http1.heads import HeadReader, RequestHead
 
 LIMITS = {"max_line": 8190, "max_field": 8190, "max_headers": 128}
 GET = b"GET /app.js?v=1 HTTP/1.1\r\nHost: app1.localhost\r\nAccept: */*\r\n\r\n"

@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.headers import (
-    LOOP_HEADER,
-    ClientFields,
-    Field,
-    request_fields_for_upstream,
-    response_fields_for_client,
-    sites_passed,
-    strip_hop_by_hop,
-)
+from proxy.forwarding.headers import LOOP_HEADER, ClientFields, Field, request_fields_for_upstream, response_fields_for_client, sites_passed, strip_hop_by_hop
 
 Headers = list[tuple[str, str]]
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from proxy.hosthints import detect_host_refusal
+from proxy.diagnostics.hosthints import detect_host_refusal
 
 HOST = "app1.localhost"
 

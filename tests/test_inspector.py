@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.inspector import BODY_LIMIT, CAPACITY, HINT_LIMIT, BodyTap, Exchange, RecentCounts, RequestLog
+from proxy.diagnostics.inspector import BODY_LIMIT, CAPACITY, HINT_LIMIT, BodyTap, Exchange, RecentCounts, RequestLog
 
 
 def test_tap_counts_every_byte_and_keeps_only_the_start() -> None:

@@ -12,9 +12,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.config import Upstream
-from proxy.nearby import explain_nearby
-from proxy.ports import ListeningSocket
+from proxy.config.model import Upstream
+from proxy.diagnostics.nearby import explain_nearby
+from proxy.diagnostics.ports import ListeningSocket
 from tests.conftest import ProxyFactory, free_port
 
 APP = Upstream("http", "localhost", 5173)

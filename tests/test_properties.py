@@ -26,20 +26,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from proxy.config import (
-    OWN_HOSTS,
-    Config,
-    Route,
-    Site,
-    Upstream,
-    Upstreams,
-    normalize_site_name,
-    parse_config,
-    parse_listen_address,
-    parse_upstream,
-)
+from proxy.config.model import Config, Route, Site, Upstream, Upstreams
+from proxy.config.parse import normalize_site_name, parse_config, parse_listen_address, parse_upstream
 from proxy.errors import ConfigErrors, ListenError, Mark
-from proxy.routing import RoutingTable, match_route, normalize_host
+from proxy.names import OWN_HOSTS, normalize_host
+from proxy.routing.table import RoutingTable, match_route
 
 T = TypeVar("T")
 FOLDER = "/srv/project"

@@ -27,7 +27,7 @@ import pytest
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from proxy.reload import ConfigWatcher
+from proxy.config.reload import ConfigWatcher
 from tests.conftest import LISTENING, Proxy, ProxyFactory, free_port
 from tests.rawhttp import EchoUpstream
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.config import Site, parse_config
-from proxy.routing import HostKind, RoutingTable, match_route, normalize_host
+from proxy.config.model import Site
+from proxy.config.parse import parse_config
+from proxy.names import normalize_host
+from proxy.routing.table import HostKind, RoutingTable, match_route
 
 SITES = """\
 sites:

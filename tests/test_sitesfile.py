@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import StaticRoot, Upstream, Upstreams, disk_root_checker, parse_config
+from proxy.config.edits import SitesFileError, add_site, remove_site, write_atomically, yaml_key, yaml_target
+from proxy.config.load import disk_root_checker
+from proxy.config.model import StaticRoot, Upstream, Upstreams
+from proxy.config.parse import parse_config
 from proxy.errors import ConfigErrors
-from proxy.sitesfile import SitesFileError, add_site, remove_site, write_atomically, yaml_key, yaml_target
 
 SHIPPED = Path(__file__).resolve().parent.parent / "sites.yaml"
 FOLDER = "/srv/project"

@@ -16,8 +16,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import RawTestServer, TestClient
 
-from proxy.config import StaticRoot
-from proxy.static import PathRefusal, StaticPath, content_type_for, parse_static_path, serve_static
+from proxy.config.model import StaticRoot
+from proxy.forwarding.static import PathRefusal, StaticPath, content_type_for, parse_static_path, serve_static
 
 SECRET = "TOP-SECRET-do-not-serve"
 BIG = bytes(range(256)) * 4  # 1024 bytes, every offset distinguishable

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from proxy.errors import ProxyError
-from proxy.tls import (
+from proxy.tls.ca import (
     CA_CERT_FILE,
     CA_KEY_FILE,
     CertificateError,

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from proxy.errors import ProxyError
-from proxy.tls import LocalCA, load_or_create_ca, mint_leaf
-from proxy.trust import (
+from proxy.tls.ca import LocalCA, load_or_create_ca, mint_leaf
+from proxy.tls.trust import (
     CaCert,
     Machine,
     NeedsRootError,

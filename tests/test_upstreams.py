@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.config import Upstream, Upstreams
-from proxy.upstreams import UpstreamBook
+from proxy.config.model import Upstream, Upstreams
+from proxy.forwarding.health import UpstreamBook
 
 A, B, C = (Upstream("http", "127.0.0.1", port) for port in (3001, 3002, 3003))
 

@@ -13,8 +13,8 @@ import time
 import zlib
 from dataclasses import dataclass
 
-from proxy.headers import HOP_BY_HOP, REPLAY_HEADER
-from proxy.inspector import BODY_LIMIT, BodyTap, Exchange, RawHeaders
+from proxy.diagnostics.inspector import BODY_LIMIT, BodyTap, Exchange, RawHeaders
+from proxy.forwarding.headers import HOP_BY_HOP, REPLAY_HEADER
 
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 REDACTED = "[redacted]"

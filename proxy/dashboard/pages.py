@@ -14,8 +14,8 @@ from importlib import resources
 
 from aiohttp import web
 
-from proxy.config import Config, Site, StaticRoot, Upstreams
-from proxy.upstreams import UpstreamBook
+from proxy.config.model import Config, Site, StaticRoot, Upstreams
+from proxy.forwarding.health import UpstreamBook
 
 _STYLE = resources.files(__package__).joinpath("style.css").read_text(encoding="utf-8")
 

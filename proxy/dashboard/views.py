@@ -21,12 +21,12 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from proxy.config import OWN_HOSTS, Upstream, Upstreams, format_host
+from proxy.config.model import Upstream, Upstreams
 from proxy.dashboard import exchanges, pages
-from proxy.headers import REPLAY_HEADER
-from proxy.inspector import BODY_LIMIT, Exchange
-from proxy.ports import accepts_connections
-from proxy.routing import normalize_host
+from proxy.diagnostics.inspector import BODY_LIMIT, Exchange
+from proxy.diagnostics.ports import accepts_connections
+from proxy.forwarding.headers import REPLAY_HEADER
+from proxy.names import OWN_HOSTS, format_host, normalize_host
 
 if TYPE_CHECKING:
     from proxy.server import ProxyServer

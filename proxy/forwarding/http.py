@@ -22,13 +22,14 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
-from proxy.config import Upstream, Upstreams
-from proxy.fastpath import ClientRequest, aiohttp_request
-from proxy.headers import ClientFields, Field, request_fields_for_upstream, response_fields_for_client, serialize_fields
-from proxy.inspector import Exchange
-from proxy.relay import RelayedResponse
-from proxy.routing import RouteMatch
-from proxy.upstream_client import (
+from proxy.config.model import Upstream, Upstreams
+from proxy.diagnostics.inspector import Exchange
+from proxy.forwarding.headers import ClientFields, Field, request_fields_for_upstream, response_fields_for_client, serialize_fields
+from proxy.forwarding.health import UpstreamBook
+from proxy.frontends.http1.heads import ClientRequest, aiohttp_request
+from proxy.frontends.http1.relay import RelayedResponse
+from proxy.routing.table import RouteMatch
+from proxy.upstream.client import (
     IDEMPOTENT_METHODS,
     UPSTREAM_IDLE_TIMEOUT,
     ResponseHead,
@@ -38,7 +39,6 @@ from proxy.upstream_client import (
     UpstreamPool,
     UpstreamProtocolError,
 )
-from proxy.upstreams import UpstreamBook
 
 log = logging.getLogger("proxy")
 T = TypeVar("T")

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from proxy import trust
-from proxy.config import DEFAULT_HTTP_PORT, DEFAULT_HTTPS_PORT, Config, ListenAddress, Upstream, Upstreams, certs_folder, load_config
+from proxy.config.load import certs_folder, load_config
+from proxy.config.model import DEFAULT_HTTP_PORT, DEFAULT_HTTPS_PORT, Config, ListenAddress, Upstream, Upstreams
+from proxy.diagnostics.ports import ListeningSocket, accepts_connections, is_proxy_command, tcp_listeners
 from proxy.errors import ConfigErrors, ProxyError
-from proxy.ports import ListeningSocket, accepts_connections, is_proxy_command, tcp_listeners
-from proxy.tls import CA_CERT_FILE, CA_KEY_FILE, CertificateError, _load_ca
+from proxy.tls import trust
+from proxy.tls.ca import CA_CERT_FILE, CA_KEY_FILE, CertificateError, _load_ca
 
 OK, INFO, WARN, FAIL, SKIP = "ok", "info", "warn", "fail", "skip"
 DEFAULT_CONFIG = "./sites.yaml"

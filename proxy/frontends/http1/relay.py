@@ -15,7 +15,7 @@ from email.utils import formatdate
 from aiohttp import HttpVersion11, web
 from aiohttp.helpers import must_be_empty_body
 
-from proxy.fastpath import ClientRequest, FastRequest
+from proxy.frontends.http1.heads import ClientRequest, FastRequest
 
 _date_cache: tuple[int, bytes] = (0, b"")
 

@@ -21,7 +21,7 @@ from typing import NamedTuple, cast
 
 import httptools
 
-from proxy.config import Upstream
+from proxy.config.model import Upstream
 
 # Idle pooled upstream connections close before the dev server closes them (Node and uvicorn
 # drop idle keep-alive connections after 5 s), so a request rarely meets a stale one.

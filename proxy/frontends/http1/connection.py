@@ -20,7 +20,7 @@ from typing import Any, cast
 from aiohttp import HttpVersion11, web
 from aiohttp.web_protocol import RequestHandler
 
-from proxy.fastpath import ClientRequest, FastRequest, HeadReader, WriteBatch
+from proxy.frontends.http1.heads import ClientRequest, FastRequest, HeadReader, WriteBatch
 
 log = logging.getLogger("proxy")
 

@@ -25,8 +25,10 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from proxy.changes import describe_changes
-from proxy.config import ListenAddress, parse_config_file_text, read_config_text, text_digest
+from proxy.config.changes import describe_changes
+from proxy.config.load import parse_config_file_text, read_config_text
+from proxy.config.model import ListenAddress
+from proxy.config.parse import text_digest
 from proxy.errors import ConfigErrors, ListenError, ProxyError
 from proxy.server import Listener, ProxyServer
 

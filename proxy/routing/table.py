@@ -7,12 +7,11 @@ request sees either the old table or the new one, never a mix.
 from __future__ import annotations
 
 import enum
-import functools
-import ipaddress
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from proxy.config import OWN_HOSTS, Route, Site
+from proxy.config.model import Route, Site
+from proxy.names import OWN_HOSTS, is_local_name, normalize_host
 
 
 class HostKind(enum.Enum):
@@ -20,39 +19,6 @@ class HostKind(enum.Enum):
     SITE = "site"  # a configured site
     LOCAL = "local"  # under .localhost or a loopback IP, but not configured: helpful 404
     FOREIGN = "foreign"  # anything else (what a DNS-rebinding page sends): bare 404
-
-
-@functools.lru_cache(maxsize=1024)  # every request asks; browsers send the same few names over and over
-def normalize_host(host_header: str) -> str:
-    """Return a Host header's name: lower case, no port, no trailing dot, IPv6 unbracketed.
-
-    Idempotent: odd values ("x:80.", "a . ") are normalized until nothing changes, so every
-    caller that normalizes again gets the same name.
-    """
-    host = _normalize_once(host_header)
-    while (again := _normalize_once(host)) != host:  # after the first pass, every change shortens it: this ends
-        host = again
-    return host
-
-
-def _normalize_once(host_header: str) -> str:
-    host = host_header.strip().lower()
-    if host.startswith("["):
-        return (host[1 : host.find("]")] if "]" in host else host).rstrip(".")
-    name, sep, port = host.rpartition(":")
-    if sep and port.isdigit() and ":" not in name:
-        host = name
-    return host.rstrip(".").strip()
-
-
-def is_local_name(host: str) -> bool:
-    """Return whether a normalized host is under .localhost or a loopback IP address."""
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class RouteMatch(NamedTuple):  # made per request: a NamedTuple is cheaper to make than a frozen dataclass

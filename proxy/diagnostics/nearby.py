@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from proxy.config import Upstream
-from proxy.ports import ListeningSocket, tcp_listeners
+from proxy.config.model import Upstream
+from proxy.diagnostics.ports import ListeningSocket, tcp_listeners
 
 # How far a dev server that found its port taken usually moves (Vite, Next.js and CRA count up).
 NEIGHBOUR_DISTANCE = 3

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import psutil
 
-from proxy.config import OWN_HOSTS, Config, Site, StaticRoot, Upstream, Upstreams, format_host, normalize_site_name
+from proxy.config.model import Config, Site, StaticRoot, Upstream, Upstreams
+from proxy.config.parse import normalize_site_name
+from proxy.names import LOOPBACK_ADDRESSES, OWN_HOSTS, format_host, is_under_localhost
 
 
 def describe_listener(port: int, host: str | None = None) -> str | None:
@@ -160,8 +162,8 @@ def is_proxy_command(cmdline: Sequence[str]) -> bool:
 
 def _dial_candidates(host: str) -> set[str]:
     """Return the IP addresses a dial to host can land on, as far as we can tell without DNS."""
-    if host == "localhost" or host.endswith(".localhost"):
-        return {"127.0.0.1", "::1"}
+    if is_under_localhost(host):
+        return set(LOOPBACK_ADDRESSES)
     ip = _ip(host)
     return set() if ip is None else {str(ip)}
 

@@ -1,7 +1,8 @@
 """sites.yaml text -> one frozen Config, every value knowing its FILE:LINE:COL.
 
-Pure: no sockets, no event loop. The only outside question, whether a static root exists,
-is asked through the `check_root` function the caller passes in (load_config passes the disk).
+Pure: no sockets, no event loop. The only outside questions, whether a static root or a
+certificate file is usable, are asked through the functions the caller passes in (load.py
+passes the disk).
 """
 
 from __future__ import annotations
@@ -11,212 +12,29 @@ import difflib
 import hashlib
 import ipaddress
 import os
-import re
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from proxy.config.model import DEFAULT_HTTP_PORT, DEFAULT_HTTPS_PORT, Config, ListenAddress, Route, Site, SiteTLS, StaticRoot, Target, Upstream, Upstreams
 from proxy.errors import ConfigError, ConfigErrors, ListenError, Mark
+from proxy.names import DNS_LABEL, OWN_HOSTS
 
 try:  # libyaml is ~10x faster on big files; both keep node positions.
     from yaml import CSafeLoader as _Loader
 except ImportError:  # pragma: no cover - depends on how PyYAML was built
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
 
-DEFAULT_HTTP_PORT = 7080
-DEFAULT_CONNECT_TIMEOUT = 5.0
-# Hosts that reach the proxy itself (index page, /api/sites); never usable as a site.
-OWN_HOSTS = frozenset({"localhost", "proxy.localhost", "127.0.0.1", "::1", "[::1]"})
-LOOPBACK_ADDRESSES = ("127.0.0.1", "::1")
-
 TOP_KEYS = ("listen", "sites")
-DEFAULT_HTTPS_PORT = 7443
 LISTEN_KEYS = ("http", "https")
 UPSTREAM_OPTIONS = ("preserve_host", "connect_timeout", "verify")
 SITE_ONLY_KEYS = ("tls", "https_redirect", "inspect")
 SITE_KEYS = ("upstream", "root", "spa", "routes", *UPSTREAM_OPTIONS, *SITE_ONLY_KEYS)
 ROUTE_KEYS = ("upstream", "root", "spa", "routes", *UPSTREAM_OPTIONS, "strip_prefix")
 TLS_KEYS = ("cert", "key")
-
-_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
-
-
-# ---------------------------------------------------------------- the frozen result
-
-
-@dataclass(frozen=True, slots=True)
-class ListenAddress:
-    """Where a listener binds. host None means 127.0.0.1 and [::1] on the same port."""
-
-    host: str | None
-    port: int
-
-    @property
-    def hosts(self) -> tuple[str, ...]:
-        return LOOPBACK_ADDRESSES if self.host is None else (self.host,)
-
-    @property
-    def is_loopback(self) -> bool:
-        return all(ipaddress.ip_address(h).is_loopback for h in self.hosts)
-
-    def __str__(self) -> str:
-        if self.host is None:
-            return str(self.port)
-        return f"{format_host(self.host)}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    """One address a site forwards to. host "localhost" is dialed on 127.0.0.1 and ::1."""
-
-    scheme: str  # "http" or "https"
-    host: str  # IPv6 without brackets
-    port: int
-    # Derived once at load, as every request reads them.
-    dial_hosts: tuple[str, ...] = field(init=False, compare=False, repr=False)
-    is_loopback: bool = field(init=False, compare=False, repr=False)
-    authority: str = field(init=False, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        # Vite on recent Node listens on ::1 only, most other servers on 127.0.0.1 only.
-        dial_hosts = LOOPBACK_ADDRESSES if self.host == "localhost" else (self.host,)
-        object.__setattr__(self, "dial_hosts", dial_hosts)
-        object.__setattr__(self, "is_loopback", all(_is_loopback_host(h) for h in dial_hosts))
-        object.__setattr__(self, "authority", f"{format_host(self.host)}:{self.port}")
-
-    @property
-    def tried_addresses(self) -> tuple[str, ...]:
-        """Every host:port this upstream dials, for logs and error pages."""
-        return tuple(f"{format_host(h)}:{self.port}" for h in self.dial_hosts)
-
-    def __str__(self) -> str:
-        return f"{self.scheme}://{self.authority}"
-
-
-@dataclass(frozen=True, slots=True)
-class Upstreams:
-    """A route served by one or more upstreams, taken in turn."""
-
-    addresses: tuple[Upstream, ...]
-    preserve_host: bool = True
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-    verify: bool | None = None  # None: verify certificates of non-loopback upstreams only
-
-    def should_verify(self, upstream: Upstream) -> bool:
-        return self.verify if self.verify is not None else not upstream.is_loopback
-
-    def describe(self, *, as_written: bool = False) -> str:
-        return ", ".join(_describe_upstream(u, as_written) for u in self.addresses)
-
-
-@dataclass(frozen=True, slots=True)
-class StaticRoot:
-    """A route served from files under `path` (absolute, not yet resolved)."""
-
-    path: str
-    spa: bool = False
-
-    def describe(self, *, as_written: bool = False) -> str:
-        return f"files in {self.path}" + (" (spa)" if self.spa else "")
-
-
-Target = Upstreams | StaticRoot
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """A path prefix of a site and where its requests go."""
-
-    prefix: str  # "/" or "/api": no trailing slash, matched on segment boundaries
-    target: Target
-    mark: Mark
-    strip_prefix: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class SiteTLS:
-    """A site's own certificate (e.g. from mkcert), used instead of one from the local CA."""
-
-    cert: str  # absolute paths
-    key: str
-
-
-@dataclass(frozen=True, slots=True)
-class Site:
-    """One host name and its routes, longest prefix first."""
-
-    host: str  # lower case, e.g. "app1.localhost" or "*.preview.localhost"
-    routes: tuple[Route, ...]
-    mark: Mark
-    tls: SiteTLS | None = None
-    https_redirect: bool = False  # 308 from http:// to https://, path and query kept
-    inspect: bool = True  # the dashboard's inspector keeps this site's requests
-
-    @property
-    def is_wildcard(self) -> bool:
-        return self.host.startswith("*.")
-
-    def same_routing(self, other: Site) -> bool:
-        """Return whether two sites send every request to the same place (config lines aside)."""
-
-        def key(site: Site) -> tuple[object, ...]:
-            return (tuple((r.prefix, r.target, r.strip_prefix) for r in site.routes), site.tls, site.https_redirect)
-
-        return key(self) == key(other)
-
-    def target_lines(self) -> list[str]:
-        """Return one line per route saying where its requests go (`/api -> localhost:8000`)."""
-        if len(self.routes) == 1 and self.routes[0].prefix == "/":
-            return [self.routes[0].target.describe()]
-        return [f"{r.prefix} -> {r.target.describe()}" for r in self.routes]
-
-    def describe(self, *, as_written: bool = False) -> str:
-        """The target in one line; `as_written` shows a localhost port as the bare port, as in the file."""
-        if len(self.routes) == 1 and self.routes[0].prefix == "/":
-            return self.routes[0].target.describe(as_written=as_written)
-        return ", ".join(f"{r.prefix} -> {r.target.describe(as_written=as_written)}" for r in self.routes)
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    """Everything sites.yaml says, validated. Never mutated: a reload builds a new one."""
-
-    file: str
-    folder: str
-    listen_http: ListenAddress
-    sites: tuple[Site, ...] = field(default=())
-    listen_https: ListenAddress = ListenAddress(None, DEFAULT_HTTPS_PORT)
-    listen_keys: frozenset[str] = frozenset()  # the `listen:` keys the file sets itself
-    source_digest: str = ""  # sha256 of the text it was parsed from: a reload of the same bytes is a no-op
-
-
-# ---------------------------------------------------------------- helpers shared with the CLI
-
-
-def format_host(host: str) -> str:
-    """Return host as it appears before :port (IPv6 in brackets)."""
-    return f"[{host}]" if ":" in host else host
-
-
-def _is_loopback_host(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _describe_upstream(upstream: Upstream, as_written: bool) -> str:
-    """Return `localhost:3000` (or `3000` as written), `127.0.0.1:5173`, `https://127.0.0.1:8443`."""
-    if upstream.scheme == "https":
-        return str(upstream)
-    return str(upstream.port) if as_written and upstream.host == "localhost" else upstream.authority
 
 
 def _canonical_ip(host: str) -> str | None:
@@ -463,7 +281,7 @@ class _Parser:
         for i, label in enumerate(labels):
             if label == "*" and i == 0 and len(labels) > 1:
                 continue
-            if not _LABEL.match(label):
+            if not DNS_LABEL.match(label):
                 hint = " (`*` may only stand alone as the first label, as in *.preview.localhost)" if "*" in label or label == "*" else ""
                 if not label.isascii():
                     hint = " (write international names in their xn-- form)"
@@ -706,7 +524,7 @@ def _upstream_host(host: str, whole: str) -> str:
     ip = _canonical_ip(host)
     if ip is not None and _is_ip_literal(host):
         return ip
-    if not all(_LABEL.match(label) for label in host.rstrip(".").split(".")):
+    if not all(DNS_LABEL.match(label) for label in host.rstrip(".").split(".")):
         raise ValueError(f"{whole!r}: {host!r} is not a valid host name or IP address")
     return host.rstrip(".")
 
@@ -739,63 +557,3 @@ def _port_typo_hint(text: str) -> str:
 def _did_you_mean(word: str, choices: tuple[str, ...]) -> str:
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-# ---------------------------------------------------------------- reading the file
-
-
-def certs_folder(config_file: str) -> str:
-    """Return the certs folder that belongs to a config file (the HTTPS issue keeps its CA there)."""
-    return os.path.join(os.path.dirname(os.path.abspath(config_file)), "certs")
-
-
-def disk_root_checker(config_file: str) -> RootChecker:
-    """Return a check_root that looks at the disk: the folder must exist and hold no secrets."""
-    config_path = Path(config_file).resolve()
-    certs = Path(certs_folder(config_file)).resolve()
-
-    def check(path: str) -> str | None:
-        root = Path(path)
-        if not root.is_dir():
-            what = "is a file, not a folder" if root.exists() else "does not exist"
-            return f"root folder {path} {what}; create it or fix the path (relative paths start at the config file's folder)"
-        resolved = root.resolve()
-        if config_path.is_relative_to(resolved):
-            return f"root folder {path} contains this config file; serve a subfolder such as ./public instead"
-        if certs.is_relative_to(resolved):
-            return f"root folder {path} contains the certs folder (private keys); serve a subfolder such as ./public instead"
-        return None
-
-    return check
-
-
-def read_config_text(path: str) -> str:
-    """Return a config file's text; raise FileNotFoundError, or ConfigErrors if it cannot be read."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigErrors([ConfigError(Mark(path, 1, 1), f"cannot read the file: {exc}")]) from None
-
-
-def disk_file_check(path: str) -> str | None:
-    """Return why a certificate or key file cannot be used, or None."""
-    if not os.path.isfile(path):
-        return f"{path} does not exist; fix the path (relative paths start at the config file's folder)"
-    return None
-
-
-def parse_config_file_text(text: str, path: str) -> Config:
-    """Return the Config for text read from path, with static roots and certificate files checked on the disk."""
-    return parse_config(text, path, check_root=disk_root_checker(path), check_file=disk_file_check)
-
-
-def load_config(path: str) -> Config:
-    """Read and parse a config file; raise ConfigErrors (a missing file included)."""
-    try:
-        text = read_config_text(path)
-    except FileNotFoundError:
-        raise ConfigErrors([ConfigError(Mark(path, 1, 1), "no such file; create it (see the README's sites.yaml example) or pass --config FILE")]) from None
-    return parse_config_file_text(text, path)

@@ -19,7 +19,7 @@ from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
-from proxy.config import StaticRoot
+from proxy.config.model import StaticRoot
 
 ALLOWED_METHODS = ("GET", "HEAD")
 INDEX_FILE = "index.html"

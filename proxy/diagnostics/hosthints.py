@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-from proxy.routing import normalize_host
+from proxy.names import is_under_localhost, normalize_host
 
 # Callers pass at most this much; more would only slow down every 400 and 403.
 MAX_BODY_PREFIX = 64 * 1024
@@ -92,7 +92,7 @@ def _is_text(content_type: str) -> bool:
 def _allow_pattern(host: str) -> str:
     """Return what to allow: `.localhost` (every site at once, as each server reads a leading dot) or the exact name."""
     name = normalize_host(host).removeprefix("*.")
-    if name == "localhost" or name.endswith(".localhost"):
+    if is_under_localhost(name):
         return ".localhost"
     return name
 

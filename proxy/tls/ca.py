@@ -11,7 +11,6 @@ import datetime
 import ipaddress
 import logging
 import os
-import re
 import ssl
 import stat
 import tempfile
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from proxy.errors import ProxyError
+from proxy.names import is_dns_name, is_loopback_ip, is_under_localhost
 
 log = logging.getLogger("proxy")
 
@@ -37,7 +37,6 @@ LEAF_RENEW_BEFORE = datetime.timedelta(days=7)
 # A web page can make a browser ask for endless random subdomains: keep memory bounded.
 LEAF_CACHE_SIZE = 1000
 PERMITTED_NAMES = ("localhost", "127.0.0.0/8", "::1/128")
-_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
 
 
 class CertificateError(ProxyError):
@@ -54,13 +53,9 @@ def is_local_tls_name(name: str) -> bool:
     Look-alikes such as localhost.evil.com or evil-localhost are not local.
     """
     name = name.lower().rstrip(".")
-    try:
-        return ipaddress.ip_address(name.strip("[]")).is_loopback  # 127.0.0.0/8 or ::1
-    except ValueError:
-        pass
-    if name != "localhost" and not name.endswith(".localhost"):
-        return False
-    return all(_LABEL.match(label) for label in name.split("."))
+    if is_loopback_ip(name.strip("[]")):  # 127.0.0.0/8 or ::1
+        return True
+    return is_under_localhost(name) and is_dns_name(name)
 
 
 # ---------------------------------------------------------------- the CA

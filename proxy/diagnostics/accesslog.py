@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 
-from proxy.routing import normalize_host
+from proxy.names import normalize_host
 
 FLUSH_INTERVAL = 0.1  # seconds a line may wait before it is written
 MAX_PENDING = 1000  # lines held before they are written regardless

@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from proxy.config import Upstream, Upstreams
+from proxy.config.model import Upstream, Upstreams
 
 
 @dataclass(slots=True)

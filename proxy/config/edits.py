@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from proxy.config import RootChecker, normalize_site_name, parse_config
+from proxy.config.parse import RootChecker, normalize_site_name, parse_config
 from proxy.errors import ConfigError, ConfigErrors, ProxyError
 
 try:  # the same loader as config.py, so both read the file the same way

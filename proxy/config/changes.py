@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.config import Config
+from proxy.config.model import Config
 
 
 def describe_changes(old: Config, new: Config) -> list[str]:

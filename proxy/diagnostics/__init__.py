@@ -1,0 +1,1 @@
+"""Answers to "why does it not work": ports, nearby listeners, doctor, host hints, the access log, the inspector."""

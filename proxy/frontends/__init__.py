@@ -1,0 +1,1 @@
+"""Front-ends: listeners and the protocols clients speak, each turning bytes into requests for the core."""

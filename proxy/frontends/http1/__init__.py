@@ -1,0 +1,1 @@
+"""HTTP/1.1 to clients: a light reader for bodyless requests, aiohttp's server for the rest."""

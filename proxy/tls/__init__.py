@@ -1,0 +1,1 @@
+"""The local CA, certificates by SNI, and trust stores."""
