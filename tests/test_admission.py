@@ -23,7 +23,7 @@ def codings(headers: list[tuple[str, str]]) -> list[str]:
     ],
 )
 def test_refused(method: str, target: str, headers: list[tuple[str, str]], status: int) -> None:
-    refused = refusal(method, target, (1, 1), "app1.localhost", codings(headers))
+    refused = refusal(method, target, "HTTP/1.1", "app1.localhost", codings(headers))
     assert refused is not None and refused.status == status and refused.detail
 
 
@@ -37,18 +37,18 @@ def test_refused(method: str, target: str, headers: list[tuple[str, str]], statu
     ],
 )
 def test_forwarded(method: str, target: str, headers: list[tuple[str, str]]) -> None:
-    assert refusal(method, target, (1, 1), "app1.localhost:7080", codings(headers)) is None
-    assert refusal(method, target, (1, 0), "app1.localhost", []) is None
+    assert refusal(method, target, "HTTP/1.1", "app1.localhost:7080", codings(headers)) is None
+    assert refusal(method, target, "HTTP/1.0", "app1.localhost", []) is None
 
 
-@pytest.mark.parametrize("version", [(0, 9), (2, 0), (1, 2)])
-def test_only_http_1_is_spoken(version: tuple[int, int]) -> None:
+@pytest.mark.parametrize("version", ["HTTP/0.9", "HTTP/2.0", "HTTP/1.2"])
+def test_only_http_1_is_spoken(version: str) -> None:
     refused = refusal("GET", "/", version, "localhost", [])
     assert refused is not None and refused.status == 505
 
 
 def test_http_1_0_cannot_be_chunked() -> None:
-    refused = refusal("POST", "/", (1, 0), "localhost", ["chunked"])
+    refused = refusal("POST", "/", "HTTP/1.0", "localhost", ["chunked"])
     assert refused is not None and refused.status == 400
 
 
@@ -56,10 +56,23 @@ def test_http_1_0_cannot_be_chunked() -> None:
     "host", ["app1.localhost evil", "app1.localhost, other.localhost", "x@app1.localhost", "app1.localhost/x", "app1.localhost:abc", "a\tb"]
 )
 def test_a_host_that_is_not_a_host_name_is_refused(host: str) -> None:
-    refused = refusal("GET", "/", (1, 1), host, [])
+    refused = refusal("GET", "/", "HTTP/1.1", host, [])
     assert refused is not None and refused.status == 400
 
 
 @pytest.mark.parametrize("host", ["app1.localhost", "APP1.localhost:7080", "[::1]:7080", "127.0.0.1", "app1.localhost.", "xn--bcher-kva.localhost", ""])
 def test_host_names_pass(host: str) -> None:
-    assert refusal("GET", "/", (1, 1), host, []) is None
+    assert refusal("GET", "/", "HTTP/1.1", host, []) is None
+
+
+@pytest.mark.parametrize("host", ["app1.localhost:65536", "app1.localhost:99999", "app1.localhost:123456", "[::1]:70000", "127.0.0.1:000007080"])
+def test_a_host_whose_port_is_not_a_port_is_refused(host: str) -> None:
+    """A port has at most five digits and is at most 65535; anything else is no address the client could have used."""
+    refused = refusal("GET", "/", "HTTP/1.1", host, [])
+    assert refused is not None and refused.status == 400, host
+    assert "port" in refused.detail
+
+
+@pytest.mark.parametrize("host", ["app1.localhost:65535", "app1.localhost:0", "app1.localhost:", "[::1]:1"])
+def test_ports_up_to_65535_pass(host: str) -> None:
+    assert refusal("GET", "/", "HTTP/1.1", host, []) is None

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.upstream.client import UPSTREAM_IDLE_TIMEOUT
+from proxy.upstream.connection import UPSTREAM_IDLE_TIMEOUT
 from tests.conftest import Proxy, ProxyFactory, write_sites
 from tests.rawhttp import http_request, read_response
 

@@ -166,6 +166,9 @@ REFUSED = [
     pytest.param(b"GET / HTTP/1.1\r\nHost: x@app1.localhost\r\n\r\n", id="host-with-userinfo"),
     pytest.param(b"GET / HTTP/1.1\r\nHost: app1.localhost/x\r\n\r\n", id="host-with-path"),
     pytest.param(b"GET / HTTP/1.1\r\nHost: app1.localhost:abc\r\n\r\n", id="host-with-bad-port"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: app1.localhost:99999\r\n\r\n", id="host-port-above-65535"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: app1.localhost:1234567\r\n\r\n", id="host-port-of-seven-digits"),
+    pytest.param(b"GET http://app1.localhost:70000/ HTTP/1.1\r\nHost: app1.localhost\r\n\r\n", id="absolute-form-port-above-65535"),
     # -- request line (RFC 9112 3)
     pytest.param(b"G(T / HTTP/1.1\r\nHost: app1.localhost\r\n\r\n", id="method-with-paren"),
     pytest.param(b"GE@T / HTTP/1.1\r\nHost: app1.localhost\r\n\r\n", id="method-with-at"),

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from proxy.frontends.http1.connection import HEAD_TIMEOUT, connection_cap
-from proxy.upstream.client import UPSTREAM_IDLE_TIMEOUT
+from proxy.upstream.connection import UPSTREAM_IDLE_TIMEOUT
 from tests.conftest import ProxyFactory
 from tests.rawhttp import TIMEOUT, canned, exchange, http_request, raw_upstream
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.forwarding.headers import LOOP_HEADER, ClientFields, Field, request_fields_for_upstream, response_fields_for_client, sites_passed, strip_hop_by_hop
+from proxy.forwarding.contract import Field
+from proxy.forwarding.headers import LOOP_HEADER, ClientFields, request_fields_for_upstream, response_fields_for_client, sites_passed, strip_hop_by_hop
 
 Headers = list[tuple[str, str]]
 
@@ -143,16 +144,28 @@ def test_request_headers_drop_hop_by_hop_and_expect_but_keep_end_to_end() -> Non
     assert not {"connection", "keep-alive", "transfer-encoding", "x-secret", "expect"} & set(names(out))
 
 
-@pytest.mark.parametrize(
-    ("websocket", "kept"),
-    [(True, False), (False, True)],
-    ids=["websocket-handshake-fields-dropped", "plain-request-keeps-them"],
-)
-def test_websocket_handshake_fields_are_left_to_the_client_library(websocket: bool, kept: bool) -> None:
-    handshake = [("Sec-WebSocket-Key", "k"), ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Protocol", "chat")]
-    out = upstream_headers([*END_TO_END, *handshake, ("Sec-Fetch-Mode", "cors")], websocket=websocket)
-    assert (("Sec-WebSocket-Key", "k") in out) is kept
+@pytest.mark.parametrize("upgrade", [None, "websocket"], ids=["plain-request", "websocket-handshake"])
+def test_websocket_handshake_fields_pass_end_to_end(upgrade: str | None) -> None:
+    """The proxy tunnels WebSockets: the client's key must reach the app, whose answer the client checks."""
+    handshake = [
+        ("Sec-WebSocket-Key", "k"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Protocol", "chat"),
+        ("Sec-WebSocket-Extensions", "permessage-deflate"),
+    ]
+    out = upstream_headers([*END_TO_END, ("Connection", "Upgrade"), ("Upgrade", "websocket"), *handshake, ("Sec-Fetch-Mode", "cors")], upgrade=upgrade)
+    assert all(field in out for field in handshake)
     assert ("Sec-Fetch-Mode", "cors") in out
+
+
+def test_an_upgrade_is_asked_anew_of_the_upstream_and_only_then() -> None:
+    """Upgrade and Connection are hop-by-hop: the client's never pass; the proxy asks for a WebSocket itself."""
+    client = [*END_TO_END, ("Connection", "Upgrade, X-Private"), ("Upgrade", "websocket"), ("X-Private", "1")]
+    asked = upstream_headers(client, upgrade="websocket")
+    assert values(asked, "Connection") == ["Upgrade"] and values(asked, "Upgrade") == ["websocket"]
+    assert not values(asked, "X-Private")
+    plain = upstream_headers(client)
+    assert not values(plain, "Connection") and not values(plain, "Upgrade")
 
 
 @pytest.mark.parametrize(
@@ -206,7 +219,7 @@ def test_response_headers_drop_hop_by_hop_and_connection_named_fields() -> None:
         ("Set-Cookie", "b=2"),
     ]
     assert response_fields_for_client(200, wire(headers)) == ClientFields(
-        b"Content-Type: text/html\r\nContent-Length: 10\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n", has_date=False, is_event_stream=False
+        wire([("Content-Type", "text/html"), ("Content-Length", "10"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")]), has_date=False, is_event_stream=False
     )
 
 
@@ -217,7 +230,7 @@ def test_response_fields_say_whether_the_app_sent_a_date_and_an_event_stream() -
 
 def test_response_field_bytes_pass_unchanged() -> None:
     fields = response_fields_for_client(200, [(b"X-Name", b"caf\xe9 \xff"), (b"x-lower", b"v")])
-    assert isinstance(fields, ClientFields) and fields.lines == b"X-Name: caf\xe9 \xff\r\nx-lower: v\r\n"
+    assert isinstance(fields, ClientFields) and fields.fields == [(b"X-Name", b"caf\xe9 \xff"), (b"x-lower", b"v")]
 
 
 @pytest.mark.parametrize(
@@ -240,5 +253,5 @@ def test_response_heads_the_proxy_cannot_frame_are_refused(status: int, headers:
 
 def test_chunked_framing_of_the_app_is_not_passed_on() -> None:
     assert response_fields_for_client(200, wire([("Transfer-Encoding", "gzip, chunked"), ("Vary", "Accept")])) == ClientFields(
-        b"Vary: Accept\r\n", has_date=False, is_event_stream=False
+        wire([("Vary", "Accept")]), has_date=False, is_event_stream=False
     )

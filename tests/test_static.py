@@ -1,4 +1,4 @@
-"""proxy.static against a real low-level aiohttp server on 127.0.0.1, a real folder in tmp_path.
+"""Static roots served through the proxy's own HTTP/1.1 front-end on 127.0.0.1, from a real folder in tmp_path.
 
 Traversal attempts go over a plain socket so no client library can normalize the path first.
 """
@@ -12,12 +12,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import RawTestServer, TestClient
 
 from proxy.config.model import StaticRoot
-from proxy.forwarding.static import PathRefusal, StaticPath, content_type_for, parse_static_path, serve_static
+from proxy.forwarding.contract import ProxyRequest, ResponseSink
+from proxy.forwarding.static import PathRefusal, StaticPath, Unsatisfiable, byte_range, content_type_for, parse_static_path, precondition_status, serve_static
+from proxy.frontends.http1.connection import Http1Server
 
 SECRET = "TOP-SECRET-do-not-serve"
 BIG = bytes(range(256)) * 4  # 1024 bytes, every offset distinguishable
@@ -73,7 +75,7 @@ def site(tmp_path: Path) -> Site:
 
 @dataclass
 class Served:
-    client: TestClient[web.BaseRequest, None]
+    client: aiohttp.ClientSession
     port: int
 
     async def raw(self, target: str, method: str = "GET", headers: str = "") -> tuple[int, dict[str, str], bytes]:
@@ -92,18 +94,29 @@ class Served:
         return int(status_line.split()[1]), {k.lower(): v for k, v in parsed.items()}, body
 
 
+class _StaticOnly:
+    """A core that only serves one static root, so these tests see serve_static through the real front-end."""
+
+    def __init__(self, root: StaticRoot, target_of: Callable[[ProxyRequest], str]) -> None:
+        self.root, self.target_of = root, target_of
+
+    async def handle(self, request: ProxyRequest, sink: ResponseSink) -> None:
+        await serve_static(request, sink, self.root, self.target_of(request))
+
+
 @asynccontextmanager
-async def serving(root: StaticRoot, target_of: Callable[[web.BaseRequest], str] = lambda r: r.raw_path) -> AsyncIterator[Served]:
-    """Serve root from aiohttp's low-level server (no Application), as the proxy does."""
-
-    async def handler(request: web.BaseRequest) -> web.StreamResponse:
-        return await serve_static(request, root, target_of(request))
-
-    async with RawTestServer(handler) as server:
-        client: TestClient[web.BaseRequest, None] = TestClient(server)
-        async with client:
-            assert server.port is not None
-            yield Served(client, server.port)
+async def serving(root: StaticRoot, target_of: Callable[[ProxyRequest], str] = lambda r: r.target) -> AsyncIterator[Served]:
+    """Serve root from the proxy's HTTP/1.1 front-end on 127.0.0.1, port 0."""
+    runner = web.ServerRunner(Http1Server(_StaticOnly(root, target_of), max_connections=100), handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}", auto_decompress=False) as client:
+            yield Served(client, port)
+    finally:
+        await runner.cleanup()
 
 
 @pytest.fixture
@@ -246,7 +259,7 @@ async def test_folder_without_slash_redirects_keeping_the_query(served: Served) 
 
 async def test_redirect_is_relative_so_it_survives_a_stripped_prefix(site: Site) -> None:
     """A route /manual serving pub/docs: /manual must go to /manual/, not to /."""
-    async with serving(StaticRoot(str(site.root / "docs")), lambda r: r.raw_path.removeprefix("/manual")) as served:
+    async with serving(StaticRoot(str(site.root / "docs")), lambda r: r.target.removeprefix("/manual")) as served:
         async with served.client.get("/manual", allow_redirects=False) as resp:
             assert resp.status == 308
             assert resp.headers["Location"] == "./manual/"
@@ -455,3 +468,91 @@ async def test_large_file_streams_whole(served: Served, site: Site) -> None:
         assert resp.status == 200
         assert resp.headers["Content-Length"] == str(len(data))
         assert await resp.read() == data
+
+
+# ---------------------------------------------------------------- ranges and conditions (pure)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        (b"bytes=10-19", (10, 19)),
+        (b"bytes=10-", (10, 99)),
+        (b"bytes=-5", (95, 99)),
+        (b"bytes=-500", (0, 99)),
+        (b"bytes=90-1000", (90, 99)),
+        (b"bytes=100-", "416"),
+        (b"bytes=-0", "416"),
+        (b"bytes=5-1", None),
+        (b"bytes=0-1,5-6", None),
+        (b"items=0-1", None),
+        (b"bytes=a-b", None),
+        (b"bytes=-", None),
+    ],
+    ids=[
+        "absent",
+        "span",
+        "open-end",
+        "suffix",
+        "suffix-longer-than-file",
+        "end-past-file",
+        "start-past-file",
+        "empty-suffix",
+        "reversed",
+        "several",
+        "other-unit",
+        "not-numbers",
+        "no-numbers",
+    ],
+)
+def test_byte_range(value: bytes | None, expected: tuple[int, int] | str | None) -> None:
+    result = byte_range(value, 100)
+    assert ("416" if isinstance(result, Unsatisfiable) else result) == expected
+
+
+def _conditional(method: str = "GET", **fields: str) -> ProxyRequest:
+    raw = [(name.replace("_", "-").encode("ascii"), value.encode("ascii")) for name, value in fields.items()]
+    return ProxyRequest(method, "/f", "a.localhost", raw, None, scheme="http", client_ip="127.0.0.1", local_port=None, protocol="HTTP/1.1")
+
+
+ETAG = b'"5-a"'
+MTIME = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+BEFORE, AT, AFTER = "Fri, 15 Jan 2027 07:00:00 GMT", "Fri, 15 Jan 2027 08:00:00 GMT", "Fri, 15 Jan 2027 09:00:00 GMT"
+
+
+@pytest.mark.parametrize(
+    ("request_", "status"),
+    [
+        (_conditional(), None),
+        (_conditional(If_None_Match='"5-a"'), 304),
+        (_conditional(If_None_Match='W/"5-a"'), 304),
+        (_conditional(If_None_Match='"x", "5-a"'), 304),
+        (_conditional(If_None_Match="*"), 304),
+        (_conditional(If_None_Match='"other"', If_Modified_Since=AFTER), None),
+        (_conditional(If_Modified_Since=AT), 304),
+        (_conditional(If_Modified_Since=BEFORE), None),
+        (_conditional(If_Modified_Since="not a date"), None),
+        (_conditional(If_Match='"other"'), 412),
+        (_conditional(If_Match='"5-a"'), None),
+        (_conditional(If_Unmodified_Since=BEFORE), 412),
+        (_conditional(If_Unmodified_Since=AFTER), None),
+    ],
+    ids=[
+        "none",
+        "etag-matches",
+        "weak-etag-matches",
+        "one-of-several",
+        "star",
+        "etag-decides-over-date",
+        "not-modified-since",
+        "modified-since",
+        "bad-date-ignored",
+        "if-match-fails",
+        "if-match-holds",
+        "unmodified-since-fails",
+        "unmodified-since-holds",
+    ],
+)
+def test_precondition_status(request_: ProxyRequest, status: int | None) -> None:
+    assert precondition_status(request_, ETAG, MTIME) == status

@@ -21,18 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from proxy.errors import ProxyError
-from proxy.tls.ca import (
-    CA_CERT_FILE,
-    CA_KEY_FILE,
-    CertificateError,
-    LeafCache,
-    LocalCA,
-    context_from_files,
-    context_from_pem,
-    is_local_tls_name,
-    load_or_create_ca,
-    mint_leaf,
-)
+from proxy.tls.ca import CA_CERT_FILE, CA_KEY_FILE, CertificateError, LocalCA, is_local_tls_name, load_or_create_ca, mint_leaf
+from proxy.tls.leaves import LeafCache, context_from_files, context_from_pem
 from tests.conftest import self_signed_files
 
 UTC = datetime.UTC

@@ -1,21 +1,21 @@
-"""UpstreamBook: round robin over a list, known-down addresses tried last, state keyed by address."""
+"""UpstreamHealth: round robin over a list, known-down addresses tried last, state keyed by address."""
 
 from __future__ import annotations
 
 import pytest
 
 from proxy.config.model import Upstream, Upstreams
-from proxy.forwarding.health import UpstreamBook
+from proxy.forwarding.health import UpstreamHealth
 
 A, B, C = (Upstream("http", "127.0.0.1", port) for port in (3001, 3002, 3003))
 
 
-def firsts(book: UpstreamBook, upstreams: Upstreams, turns: int) -> list[int]:
+def firsts(book: UpstreamHealth, upstreams: Upstreams, turns: int) -> list[int]:
     return [book.attempt_order(upstreams)[0].port for _ in range(turns)]
 
 
 def test_single_upstream_is_always_tried_alone() -> None:
-    book = UpstreamBook()
+    book = UpstreamHealth()
     book.mark_down(A, "refused")
     assert [list(book.attempt_order(Upstreams((A,)))) for _ in range(3)] == [[A]] * 3
 
@@ -29,11 +29,11 @@ def test_single_upstream_is_always_tried_alone() -> None:
     ids=["two", "three"],
 )
 def test_round_robin_takes_turns(addresses: tuple[Upstream, ...], expected: list[int]) -> None:
-    assert firsts(UpstreamBook(), Upstreams(addresses), len(expected)) == expected
+    assert firsts(UpstreamHealth(), Upstreams(addresses), len(expected)) == expected
 
 
 def test_each_attempt_order_lists_every_address_once_in_turn_order() -> None:
-    book = UpstreamBook()
+    book = UpstreamHealth()
     upstreams = Upstreams((A, B, C))
     assert [list(book.attempt_order(upstreams)) for _ in range(3)] == [[A, B, C], [B, C, A], [C, A, B]]
 
@@ -48,7 +48,7 @@ def test_each_attempt_order_lists_every_address_once_in_turn_order() -> None:
     ids=["one-down-goes-last", "two-down", "all-down-still-rotate"],
 )
 def test_known_down_addresses_are_tried_last(down: list[Upstream], expected_orders: list[list[Upstream]]) -> None:
-    book = UpstreamBook()
+    book = UpstreamHealth()
     for upstream in down:
         book.mark_down(upstream, "connection refused")
     upstreams = Upstreams((A, B, C))
@@ -56,7 +56,7 @@ def test_known_down_addresses_are_tried_last(down: list[Upstream], expected_orde
 
 
 def test_marking_up_again_restores_its_turn() -> None:
-    book = UpstreamBook()
+    book = UpstreamHealth()
     upstreams = Upstreams((A, B))
     book.mark_down(B, "refused")
     assert firsts(book, upstreams, 2) == [3001, 3001]
@@ -65,14 +65,14 @@ def test_marking_up_again_restores_its_turn() -> None:
 
 
 def test_never_tried_counts_as_maybe_up() -> None:
-    book = UpstreamBook()
+    book = UpstreamHealth()
     book.mark_up(A)
     assert book.state(B).is_up is None
     assert firsts(book, Upstreams((A, B)), 2) == [3001, 3002]
 
 
 def test_state_and_turn_outlive_a_reload_that_builds_equal_objects() -> None:
-    book = UpstreamBook()
+    book = UpstreamHealth()
     assert firsts(book, Upstreams((A, B)), 1) == [3001]
     book.mark_down(Upstream("http", "127.0.0.1", 3001), "refused")
     reloaded = Upstreams((Upstream("http", "127.0.0.1", 3001), Upstream("http", "127.0.0.1", 3002)), preserve_host=False)
@@ -81,7 +81,7 @@ def test_state_and_turn_outlive_a_reload_that_builds_equal_objects() -> None:
 
 
 def test_separate_lists_keep_separate_turns() -> None:
-    book = UpstreamBook()
+    book = UpstreamHealth()
     assert firsts(book, Upstreams((A, B)), 1) == [3001]
     assert firsts(book, Upstreams((B, C)), 1) == [3002]
     assert firsts(book, Upstreams((A, B)), 1) == [3002]
@@ -98,7 +98,7 @@ def test_separate_lists_keep_separate_turns() -> None:
     ids=["never-tried", "down", "new-reason", "back-up-clears-error"],
 )
 def test_state_records_the_last_attempt(steps: list[tuple[str, str]], is_up: bool | None, last_error: str) -> None:
-    book = UpstreamBook()
+    book = UpstreamHealth()
     for kind, reason in steps:
         if kind == "down":
             book.mark_down(A, reason)
@@ -110,7 +110,7 @@ def test_state_records_the_last_attempt(steps: list[tuple[str, str]], is_up: boo
 
 @pytest.mark.parametrize("kind", ["up", "down"])
 def test_repeating_the_same_state_keeps_changed_at(kind: str) -> None:
-    book = UpstreamBook()
+    book = UpstreamHealth()
 
     def mark() -> None:
         if kind == "up":

@@ -467,3 +467,55 @@ async def test_websocket_to_https_upstream_goes_over_wss(start_proxy: ProxyFacto
         assert await asyncio.wait_for(seen.close, timeout=WAIT) == (4000, "done")
     finally:
         await server.close()
+
+
+# ---------------------------------------------------------------- the app's close reply reaches the client
+
+
+@pytest.fixture
+async def replying_upstream() -> AsyncIterator[TestServer]:
+    """A WebSocket app that answers a client's close with a close of its own: code 4002, reason "app reply"."""
+
+    async def websocket(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoclose=False, autoping=False)
+        await ws.prepare(request)
+        for _ in range(1000):  # bounded; each test sends a message or two, then closes
+            msg = await ws.receive()
+            if msg.type == WSMsgType.TEXT:
+                await ws.send_str(msg.data)
+            elif msg.type == WSMsgType.CLOSE:
+                await ws.close(code=4002, message=b"app reply")
+                break
+            else:
+                break
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", websocket)
+    server = TestServer(app, host="127.0.0.1")
+    async with server:
+        yield server
+
+
+async def test_a_client_that_closes_gets_the_apps_own_close_reply(start_proxy: ProxyFactory, replying_upstream: TestServer) -> None:
+    """The close the client gets back is the app's (code and reason), never one the proxy made up. Twenty
+    times over: a proxy that answered closes itself would do so only when it won a race."""
+    proxy = await start_proxy({"app1": replying_upstream.port})
+    for round_ in range(20):
+        async with websockets_connect(proxy.port, "/hmr") as ws:
+            await ws.send(f"round {round_}")
+            assert await asyncio.wait_for(ws.recv(), timeout=WAIT) == f"round {round_}"
+            await asyncio.wait_for(ws.close(4000, "done"), timeout=WAIT)
+        # The code and reason of the close frame the client received (1006 when none came).
+        assert (ws.close_code, ws.close_reason) == (4002, "app reply"), f"round {round_}"
+
+
+async def test_aiohttp_client_that_closes_gets_the_apps_own_close_code(
+    start_proxy: ProxyFactory, replying_upstream: TestServer, client: aiohttp.ClientSession
+) -> None:
+    proxy = await start_proxy({"app1": replying_upstream.port})
+    ws = await ws_connect(client, proxy.port, "/hmr")
+    await ws.send_str("x")
+    assert (await receive(ws)).data == "x"
+    await asyncio.wait_for(ws.close(code=4000, message=b"done"), timeout=WAIT)
+    assert ws.close_code == 4002

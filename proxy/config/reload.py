@@ -10,7 +10,8 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from watchdog.events import (
     EVENT_TYPE_CLOSED_NO_WRITE,
@@ -27,10 +28,9 @@ from watchdog.observers import Observer
 
 from proxy.config.changes import describe_changes
 from proxy.config.load import parse_config_file_text, read_config_text
-from proxy.config.model import ListenAddress
+from proxy.config.model import Config, ListenAddress
 from proxy.config.parse import text_digest
 from proxy.errors import ConfigErrors, ListenError, ProxyError
-from proxy.server import Listener, ProxyServer
 
 log = logging.getLogger("proxy")
 
@@ -45,17 +45,45 @@ _READ_ONLY_EVENTS = frozenset({EVENT_TYPE_OPENED, EVENT_TYPE_CLOSED_NO_WRITE})
 _SAVE_EVENTS = [FileClosedEvent, FileCreatedEvent, FileDeletedEvent, FileMovedEvent] + ([] if sys.platform.startswith("linux") else [FileModifiedEvent])
 
 
+class Listening(Protocol):
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def scheme(self) -> str: ...
+
+
+class ReloadTarget(Protocol):
+    """The running proxy as a reload sees it: the config in force, the error shown, the listeners."""
+
+    @property
+    def config(self) -> Config: ...
+
+    config_error: str | None
+
+    def apply(self, config: Config) -> None:
+        """Swap in a new config; raise ProxyError, changing nothing, when it cannot be served."""
+        ...
+
+    @property
+    def listeners(self) -> Sequence[Listening]: ...
+
+    def listen_address(self, scheme: str) -> ListenAddress | None: ...
+
+    async def move_listeners(self, scheme: str, address: ListenAddress, *, allow_remote: bool = False) -> Sequence[Listening]: ...
+
+
 class Reloader:
     """Loads the config file again and swaps it in when it is valid."""
 
     def __init__(
         self,
-        server: ProxyServer,
+        server: ReloadTarget,
         path: str,
         *,
         overridden: frozenset[str],
         allow_remote: bool,
-        on_listening: Callable[[list[Listener]], None],
+        on_listening: Callable[[Sequence[Listening]], None],
     ) -> None:
         self.server = server
         self.path = path

@@ -20,9 +20,9 @@ SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "s
 REDACTED = "[redacted]"
 # Written by the client library or the proxy for each request; a replay gets fresh ones.
 _NOT_REPLAYED = HOP_BY_HOP | {"host", "content-length", "expect", REPLAY_HEADER.lower()}
+_REPLAY = REPLAY_HEADER.lower()
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 field names and methods
 _MAX_PREVIEW = 256 * 1024  # a decompressed preview never grows past this
-_REPLAY = REPLAY_HEADER.lower()
 # Media that is binary even when its bytes happen to decode as UTF-8.
 _BINARY_MEDIA = ("image/", "audio/", "video/", "font/", "application/zip", "application/gzip", "application/pdf", "application/wasm")
 

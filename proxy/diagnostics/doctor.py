@@ -21,10 +21,11 @@ from cryptography import x509
 
 from proxy.config.load import certs_folder, load_config
 from proxy.config.model import DEFAULT_HTTP_PORT, DEFAULT_HTTPS_PORT, Config, ListenAddress, Upstream, Upstreams
-from proxy.diagnostics.ports import ListeningSocket, accepts_connections, is_proxy_command, tcp_listeners
+from proxy.diagnostics.ports import ListeningSocket, is_proxy_command, tcp_listeners
 from proxy.errors import ConfigErrors, ProxyError
 from proxy.tls import trust
-from proxy.tls.ca import CA_CERT_FILE, CA_KEY_FILE, CertificateError, _load_ca
+from proxy.tls.ca import CA_CERT_FILE, CA_KEY_FILE, CertificateError, load_ca
+from proxy.upstream.dial import upstream_accepts
 
 OK, INFO, WARN, FAIL, SKIP = "ok", "info", "warn", "fail", "skip"
 DEFAULT_CONFIG = "./sites.yaml"
@@ -285,11 +286,7 @@ async def _upstream_checks(config: Config) -> list[Check]:
         for route in site.routes:
             if isinstance(route.target, Upstreams):
                 pairs.extend((site.host, u) for u in route.target.addresses if (site.host, u) not in pairs)
-
-    async def accepts(upstream: Upstream) -> bool:
-        return any(await asyncio.gather(*(accepts_connections(h, upstream.port) for h in upstream.dial_hosts)))
-
-    states = await asyncio.gather(*(accepts(u) for _, u in pairs))
+    states = await asyncio.gather(*(upstream_accepts(u) for _, u in pairs))
     return [judge_upstream(host, u, up) for (host, u), up in zip(pairs, states)]
 
 
@@ -326,7 +323,7 @@ def _ca_checks(certs: str, config_path: str, certs_arg: str | None) -> list[Chec
     checks.append(expiry)
     if checks[0].status == OK and expiry.status != FAIL:
         try:  # the same load `run` does: the key must match the certificate
-            _load_ca(cert_path, key_path)
+            load_ca(cert_path, key_path)
         except (CertificateError, OSError) as exc:
             checks.append(Check(FAIL, f"the CA in {certs} cannot be used: {exc}"))
     checks.append(_trust_check(cert_path, proxy_command("trust", config_path, certs_arg)))

@@ -14,6 +14,7 @@ import psutil
 from proxy.config.model import Config, Site, StaticRoot, Upstream, Upstreams
 from proxy.config.parse import normalize_site_name
 from proxy.names import LOOPBACK_ADDRESSES, OWN_HOSTS, format_host, is_under_localhost
+from proxy.upstream.dial import upstream_accepts
 
 
 def describe_listener(port: int, host: str | None = None) -> str | None:
@@ -25,16 +26,6 @@ def describe_listener(port: int, host: str | None = None) -> str | None:
         if host is None or listener.address == host or listener.all_interfaces:
             return f"{listener.program or 'a process'} (pid {listener.pid})" if listener.pid is not None else "another process"
     return None
-
-
-async def accepts_connections(host: str, port: int, timeout: float = 0.5) -> bool:
-    """Return whether something accepts a TCP connection on host:port right now."""
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except (TimeoutError, OSError):
-        return False
-    writer.close()
-    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,13 +42,10 @@ class SiteProbe:
 async def probe_sites(config: Config) -> list[SiteProbe]:
     """Return a probe of every site, all connects at once."""
 
-    async def upstream_is_up(upstream: Upstream) -> bool:
-        return any(await asyncio.gather(*(accepts_connections(host, upstream.port) for host in upstream.dial_hosts)))
-
     async def route_is_up(target: Upstreams | StaticRoot) -> tuple[bool, list[dict[str, object]]]:
         if isinstance(target, StaticRoot):
             return await asyncio.to_thread(os.path.isdir, target.path), []
-        states = await asyncio.gather(*(upstream_is_up(u) for u in target.addresses))
+        states = await asyncio.gather(*(upstream_accepts(u) for u in target.addresses))
         return any(states), [{"url": str(u), "up": up} for u, up in zip(target.addresses, states)]
 
     async def probe(site: Site) -> SiteProbe:

@@ -1,7 +1,8 @@
-"""Which headers cross the proxy. Pure: lists of (name, value) byte pairs in, lists or bytes out.
+"""Which header fields cross the proxy. Pure: lists of (name, value) byte pairs in, lists out.
 
 Hop-by-hop fields are removed in both directions (RFC 9110 7.6.1), then the proxy sets its own
-X-Forwarded-* so that a client can neither remove nor spoof them.
+X-Forwarded-* so that a client can neither remove nor spoof them. Framing is not decided here:
+each front-end adds its own to what these functions return.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-# Fields as they are on the wire: (name, value) bytes, in order, repeats kept. Working on the
-# bytes means nothing is re-encoded on the way through (obs-text stays byte for byte).
-Field = tuple[bytes, bytes]
+from proxy.forwarding.contract import Field
 
 # RFC 9110 7.6.1, plus the older fields that proxies in the wild still send.
 HOP_BY_HOP = frozenset(
@@ -32,11 +31,10 @@ HOP_BY_HOP = frozenset(
 # A client naming these in Connection must not change how the message is framed or routed.
 NEVER_STRIPPED = frozenset({"host", "content-length"})
 FORWARDED_BY_US = frozenset({"forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port"})
-# Request fields the WebSocket client library writes itself on the upstream handshake.
-WEBSOCKET_HANDSHAKE = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol", "sec-websocket-accept"})
 # Lists the sites a request has passed through, to catch a dev server proxying back to us.
 LOOP_HEADER = "X-Localhost-Proxy-Via"
-# Marks the dashboard's own replay of a captured request; never forwarded.
+# Reserved by the proxy: never forwarded and never shown, so that no client's request can pass
+# for one of the dashboard's replays in an app's log or in the inspector.
 REPLAY_HEADER = "X-Localhost-Proxy-Replay"
 
 
@@ -47,9 +45,8 @@ def _wire(names: Iterable[str]) -> frozenset[bytes]:
 _HOP_BY_HOP = _wire(HOP_BY_HOP)
 _NEVER_STRIPPED = _wire(NEVER_STRIPPED)
 # Request fields never passed upstream as the client sent them: hop-by-hop, the ones the proxy
-# sets itself, Expect (the proxy answers 100-continue), and its own markers.
+# sets itself, Expect (the front-end answers 100-continue), and its own markers.
 _NOT_FORWARDED = _HOP_BY_HOP | _wire(FORWARDED_BY_US) | _wire({"host", "expect", LOOP_HEADER.lower(), REPLAY_HEADER.lower()})
-_NOT_FORWARDED_WEBSOCKET = _NOT_FORWARDED | _wire(WEBSOCKET_HANDSHAKE)
 _LOOP_HEADER = LOOP_HEADER.encode("ascii")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
@@ -91,22 +88,25 @@ def request_fields_for_upstream(
     host_header: str,
     upstream_host: str | None,
     via: Sequence[str],
-    websocket: bool = False,
+    upgrade: str | None = None,
 ) -> list[Field]:
     """Return the fields to send upstream for a client request, in one pass.
 
     The upstream gets `Host: host_header` (the name the request was routed by, which for an
     absolute-form target is the target's authority, RFC 9112 3.2.2), or `upstream_host` when the
     site does not preserve it; `via` is the list of sites this request has now passed through
-    (see LOOP_HEADER).
+    (see LOOP_HEADER). `upgrade` ("websocket") asks the upstream to switch protocols: the
+    client's own Upgrade and Connection are hop-by-hop, so the proxy asks anew; the
+    Sec-WebSocket-* fields are end to end and pass as sent.
     """
-    drop = _NOT_FORWARDED_WEBSOCKET if websocket else _NOT_FORWARDED
     # The request parser has checked the names already; lower-casing goes through the same cache.
     lowered = [_lower_token(name) or name.lower() for name, _ in fields]
     named = _named_in_connection(fields, lowered)
     out: list[Field] = [(b"Host", _latin1(upstream_host if upstream_host is not None else host_header))]
-    out += [field for lower, field in zip(lowered, fields) if lower not in drop and lower not in named]
+    out += [field for lower, field in zip(lowered, fields) if lower not in _NOT_FORWARDED and lower not in named]
     out += _forwarding_fields(client_ip, proto, host_header, tuple(via))
+    if upgrade is not None:
+        out += [(b"Connection", b"Upgrade"), (b"Upgrade", _latin1(upgrade))]
     return out
 
 
@@ -127,18 +127,10 @@ def _latin1(text: str) -> bytes:
     return text.encode("latin-1", "replace")
 
 
-def serialize_fields(fields: Iterable[Field]) -> bytes:
-    """Return fields as the lines of a message head."""
-    lines: list[bytes] = []
-    for name, value in fields:
-        lines += (name, b": ", value, b"\r\n")
-    return b"".join(lines)
-
-
 class ClientFields(NamedTuple):  # made per response: a NamedTuple is cheaper to make than a frozen dataclass
     """An upstream response's header section as the client gets it, and what the proxy needs to know of it."""
 
-    lines: bytes  # serialized, hop-by-hop fields removed
+    fields: list[Field]  # as the app sent them, hop-by-hop fields removed
     has_date: bool
     is_event_stream: bool
 
@@ -157,19 +149,19 @@ def response_fields_for_client(status: int, fields: Sequence[Field]) -> ClientFi
         name = fields[lowered.index(None)][0]
         return f"a malformed header name {name[:60].decode('latin-1')!r}"
     named = _named_in_connection(fields, lowered)
-    lines: list[bytes] = []
+    kept: list[Field] = []
     has_date = is_event_stream = False
-    for lower, (name, value) in zip(lowered, fields):
+    for lower, field in zip(lowered, fields):
         if lower in _HOP_BY_HOP or lower in named:
-            if lower == b"transfer-encoding" and value.rsplit(b",", 1)[-1].strip().lower() != b"chunked":
-                return f"Transfer-Encoding: {value[:60].decode('latin-1')}, a coding the proxy does not pass on"
+            if lower == b"transfer-encoding" and field[1].rsplit(b",", 1)[-1].strip().lower() != b"chunked":
+                return f"Transfer-Encoding: {field[1][:60].decode('latin-1')}, a coding the proxy does not pass on"
             continue
         if lower == b"date":
             has_date = True
         elif lower == b"content-type":
-            is_event_stream = value.startswith(b"text/event-stream")
-        lines += (name, b": ", value, b"\r\n")
-    return ClientFields(b"".join(lines), has_date, is_event_stream)
+            is_event_stream = field[1].startswith(b"text/event-stream")
+        kept.append(field)
+    return ClientFields(kept, has_date, is_event_stream)
 
 
 def forwarded_value(client_ip: str, host_header: str, proto: str) -> str:

@@ -18,7 +18,7 @@ class UpstreamState:
     changed_at: float = 0.0
 
 
-class UpstreamBook:
+class UpstreamHealth:
     """Health and turn-taking for every upstream the proxy has dialed."""
 
     def __init__(self) -> None:

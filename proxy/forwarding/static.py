@@ -1,8 +1,9 @@
-"""Serves a StaticRoot: request target -> a file under the root, streamed by aiohttp's FileResponse.
+"""Serves a StaticRoot: request target -> a file under the root, streamed from the disk.
 
-Owns path decoding, containment (checked on resolved paths), index.html, the SPA fallback and
-Content-Type. It never lists folders, never serves dotfiles (except .well-known) and never
-reads a whole file into memory.
+Owns path decoding, containment (checked on resolved paths), index.html, the SPA fallback,
+Content-Type, conditional requests (ETag, Last-Modified) and single byte ranges. It never
+lists folders, never serves dotfiles (except .well-known) and never reads a whole large file
+into memory.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import os
 import re
 import stat
 from dataclasses import dataclass
+from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
+from typing import BinaryIO, NamedTuple
 from urllib.parse import unquote_to_bytes
 
-from aiohttp import web
-
 from proxy.config.model import StaticRoot
+from proxy.forwarding.answer import Answer, date_field, text_answer
+from proxy.forwarding.contract import Field, ProxyRequest, ResponseSink
 
 ALLOWED_METHODS = ("GET", "HEAD")
 INDEX_FILE = "index.html"
@@ -202,46 +205,188 @@ def locate_spa_index(root_path: str, private: frozenset[str] = frozenset()) -> L
     return locate_file(root_path, StaticPath((), True, ""), private)
 
 
+# ---------------------------------------------------------------- conditional and range requests (pure)
+
+
+def file_validators(size: int, mtime_ns: int) -> tuple[bytes, bytes]:
+    """Return a file's ETag and Last-Modified values; both change when the file is saved."""
+    etag = b'"%x-%x"' % (mtime_ns, size)
+    return etag, formatdate(mtime_ns / 1e9, usegmt=True).encode("ascii")
+
+
+def _http_date(value: bytes) -> float | None:
+    try:
+        parsed = parsedate_to_datetime(value.decode("latin-1"))
+    except (TypeError, ValueError, IndexError):
+        return None
+    return None if parsed.tzinfo is None else parsed.timestamp()
+
+
+def _etag_list(value: bytes) -> list[bytes]:
+    return [tag.strip() for tag in value.split(b",") if tag.strip()]
+
+
+def _weak_match(tags: list[bytes], etag: bytes) -> bool:
+    return b"*" in tags or etag in (tag.removeprefix(b"W/") for tag in tags)
+
+
+def precondition_status(request: ProxyRequest, etag: bytes, mtime: float) -> int | None:
+    """Return 304 or 412 when the request's conditions answer it (RFC 9110 13.2.2), else None to serve the file."""
+    if_match = request.field(b"if-match")
+    if if_match is not None:
+        if not (b"*" in _etag_list(if_match) or etag in _etag_list(if_match)):
+            return 412
+    elif (since := request.field(b"if-unmodified-since")) is not None:
+        limit = _http_date(since)
+        if limit is not None and int(mtime) > limit:
+            return 412
+    if_none_match = request.field(b"if-none-match")
+    if if_none_match is not None:
+        return 304 if _weak_match(_etag_list(if_none_match), etag) else None
+    if (since := request.field(b"if-modified-since")) is not None and request.method in ALLOWED_METHODS:
+        limit = _http_date(since)
+        if limit is not None and int(mtime) <= limit:  # HTTP dates have whole seconds
+            return 304
+    return None
+
+
+class Unsatisfiable(NamedTuple):
+    """A Range no byte of the file is in: 416."""
+
+
+def byte_range(value: bytes | None, size: int) -> tuple[int, int] | Unsatisfiable | None:
+    """Return the (first, last) bytes of a single `bytes=` range, Unsatisfiable, or None to send the whole file.
+
+    Several ranges, other units and malformed values are answered with the whole file, as RFC
+    9110 14.2 allows a server to ignore Range.
+    """
+    if value is None:
+        return None
+    unit, _, spec = value.partition(b"=")
+    if unit.strip().lower() != b"bytes" or b"," in spec:
+        return None
+    first_text, dash, last_text = spec.strip().partition(b"-")
+    if not dash or not (first_text.isdigit() or first_text == b"") or not (last_text.isdigit() or last_text == b""):
+        return None
+    if first_text == b"":  # the last N bytes
+        if last_text == b"":
+            return None
+        suffix = int(last_text)
+        return (max(0, size - suffix), size - 1) if suffix and size else Unsatisfiable()
+    first = int(first_text)
+    last = int(last_text) if last_text else size - 1
+    if last_text and last < first:
+        return None  # malformed: RFC 9110 14.1.1 says ignore it
+    if first >= size:
+        return Unsatisfiable()
+    return first, min(last, size - 1)
+
+
 # ---------------------------------------------------------------- the handler
 
 
-def static_error(status: int, detail: str) -> web.Response:
-    """Return the response for a refused or missing static file. One place, to be restyled."""
+def static_error(status: int, detail: str, *fields: Field) -> Answer:
+    """Return the answer for a refused or missing static file. One place, to be restyled."""
     reason = {400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}.get(status, "Error")
-    return web.Response(status=status, text=f"{status} {reason}: {detail}\n")
+    return text_answer(status, f"{status} {reason}: {detail}\n", *fields)
 
 
-async def serve_static(request: web.BaseRequest, root: StaticRoot, target: str, private: frozenset[str] = frozenset()) -> web.StreamResponse:
-    """Return the response for `target` (the raw request target, path?query, percent-encoded as received, already stripped of any route prefix) served from root.
+async def serve_static(request: ProxyRequest, sink: ResponseSink, root: StaticRoot, target: str, private: frozenset[str] = frozenset()) -> None:
+    """Answer `target` (the raw request target, path?query as received, already stripped of any route prefix) from root.
 
     Nothing under a path in `private` is served (see locate_file)."""
     if request.method not in ALLOWED_METHODS:
-        response = static_error(405, f"{request.method} is not allowed on static files; use GET or HEAD")
-        response.headers["Allow"] = ", ".join(ALLOWED_METHODS)
-        return response
+        static_error(405, f"{request.method} is not allowed on static files; use GET or HEAD", (b"Allow", ", ".join(ALLOWED_METHODS).encode("ascii"))).send(
+            sink
+        )
+        return
     parsed = parse_static_path(target)
     if isinstance(parsed, PathRefusal):
-        return static_error(parsed.status, parsed.detail)
-
-    loop = asyncio.get_running_loop()
-    location = await loop.run_in_executor(None, locate_file, root.path, parsed, private)
+        static_error(parsed.status, parsed.detail).send(sink)
+        return
+    location = await asyncio.to_thread(locate_file, root.path, parsed, private)
     if location.found is Found.FOLDER_WITHOUT_SLASH:
-        return _folder_redirect(request, parsed)
+        _folder_redirect(request, parsed).send(sink)
+        return
     # Client-side routes like /users/42 have no extension; /missing.js is a real miss.
     if location.found is Found.MISSING and root.spa and not parsed.has_extension:
-        location = await loop.run_in_executor(None, locate_spa_index, root.path, private)
+        location = await asyncio.to_thread(locate_spa_index, root.path, private)
     if location.found is not Found.FILE or location.file is None:
-        return static_error(404, "no such file")
-
-    # FileResponse streams (sendfile) and answers Range, If-None-Match, If-Modified-Since
-    # and HEAD itself. no-cache: keep the ETag but revalidate, so an edit shows on reload.
-    return web.FileResponse(
-        location.file,
-        headers={"Content-Type": content_type_for(location.file), "Cache-Control": "no-cache"},
-    )
+        static_error(404, "no such file").send(sink)
+        return
+    await send_file(request, sink, location.file)
 
 
-def _folder_redirect(request: web.BaseRequest, parsed: StaticPath) -> web.StreamResponse:
+async def send_file(request: ProxyRequest, sink: ResponseSink, path: str) -> None:
+    """Send a file, streamed from the disk: conditional requests, a single Range, HEAD."""
+    try:
+        file = await asyncio.to_thread(open, path, "rb")
+    except OSError:  # gone or unreadable since it was found
+        static_error(404, "no such file").send(sink)
+        return
+    try:
+        st = os.fstat(file.fileno())
+        size = st.st_size
+        etag, last_modified = file_validators(size, st.st_mtime_ns)
+        # no-cache: keep the validators but revalidate, so an edit shows on the next load.
+        fields: list[Field] = [
+            (b"Content-Type", content_type_for(path).encode("ascii")),
+            (b"Cache-Control", b"no-cache"),
+            (b"ETag", etag),
+            (b"Last-Modified", last_modified),
+            (b"Accept-Ranges", b"bytes"),
+        ]
+        status = precondition_status(request, etag, st.st_mtime)
+        if status is not None:
+            Answer(status, fields[1:4] if status == 304 else []).send(sink)
+            return
+        first, last = 0, size - 1
+        wanted = byte_range(request.field(b"range"), size) if request.method == "GET" and _range_applies(request, etag, last_modified) else None
+        if isinstance(wanted, Unsatisfiable):
+            Answer(416, [(b"Content-Range", b"bytes */%d" % size)]).send(sink)
+            return
+        status = 200
+        if wanted is not None:
+            status, (first, last) = 206, wanted
+            fields.append((b"Content-Range", b"bytes %d-%d/%d" % (first, last, size)))
+        length = last - first + 1
+        fields += [(b"Content-Length", b"%d" % length), date_field()]
+        if request.method == "HEAD" or length <= _WHOLE:
+            data = b"" if request.method == "HEAD" else await asyncio.to_thread(_read_at, file, first, length)
+            sink.send_whole(status, "", fields, data, length=length)
+            return
+        await sink.start(status, "", fields, length=length)
+        await asyncio.to_thread(file.seek, first)
+        left = length
+        while left > 0:
+            chunk = await asyncio.to_thread(file.read, min(_CHUNK, left))
+            if not chunk:  # the file shrank while it was sent: the client must see the answer cut off
+                sink.abort()
+                return
+            await sink.write(chunk)
+            left -= len(chunk)
+        await sink.end()
+    finally:
+        file.close()
+
+
+# Files up to this size go out in one piece; larger ones are read and sent a chunk at a time.
+_WHOLE = 64 * 1024
+_CHUNK = 256 * 1024
+
+
+def _read_at(file: BinaryIO, first: int, length: int) -> bytes:
+    file.seek(first)
+    return file.read(length)
+
+
+def _range_applies(request: ProxyRequest, etag: bytes, last_modified: bytes) -> bool:
+    """Return whether a Range is honoured: If-Range must name the file as it is now (RFC 9110 13.1.5)."""
+    if_range = request.field(b"if-range")
+    return if_range is None or if_range.strip() in (etag, last_modified)
+
+
+def _folder_redirect(request: ProxyRequest, parsed: StaticPath) -> Answer:
     """Return a 308 from /docs/guide to /docs/guide/, keeping the query.
 
     The Location is relative ("./guide/"), so it is right under any route prefix the caller
@@ -249,6 +394,6 @@ def _folder_redirect(request: web.BaseRequest, parsed: StaticPath) -> web.Stream
     """
     # The target is a suffix of the request path, so their last segments match; the request
     # path also covers an empty target (a route prefix requested without its slash).
-    last = request.raw_path.partition("?")[0].rpartition("/")[2]
+    last = request.target.partition("?")[0].rpartition("/")[2]
     location = f"./{last}/" + (f"?{parsed.query}" if parsed.query else "")
-    return web.Response(status=308, headers={"Location": location})
+    return Answer(308, [(b"Location", location.encode("utf-8", "surrogateescape"))])

@@ -1,4 +1,4 @@
-"""The local CA and the certificates it mints, per SNI name, at handshake time.
+"""The local CA and the leaf certificates it signs.
 
 The CA is name-constrained (critical NameConstraints: localhost, 127.0.0.0/8, ::1), so even a
 leaked key cannot sign for a real website: clients that check constraints (OpenSSL, NSS, Chrome,
@@ -11,11 +11,7 @@ import datetime
 import ipaddress
 import logging
 import os
-import ssl
 import stat
-import tempfile
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -34,8 +30,6 @@ CA_LIFETIME = datetime.timedelta(days=3650)
 # Short-lived leaves: nothing to revoke; re-minted a week before they expire.
 LEAF_LIFETIME = datetime.timedelta(days=30)
 LEAF_RENEW_BEFORE = datetime.timedelta(days=7)
-# A web page can make a browser ask for endless random subdomains: keep memory bounded.
-LEAF_CACHE_SIZE = 1000
 PERMITTED_NAMES = ("localhost", "127.0.0.0/8", "::1/128")
 
 
@@ -43,7 +37,7 @@ class CertificateError(ProxyError):
     """The CA or a site's own certificate cannot be used; the message says how to fix it."""
 
 
-def _now() -> datetime.datetime:
+def utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
@@ -88,11 +82,11 @@ def load_or_create_ca(certs_dir: str) -> tuple[LocalCA, bool]:
     cert_path = os.path.join(certs_dir, CA_CERT_FILE)
     key_path = os.path.join(certs_dir, CA_KEY_FILE)
     if os.path.exists(key_path):
-        return _load_ca(cert_path, key_path), False
+        return load_ca(cert_path, key_path), False
     return _create_ca(certs_dir, cert_path, key_path), True
 
 
-def _load_ca(cert_path: str, key_path: str) -> LocalCA:
+def load_ca(cert_path: str, key_path: str) -> LocalCA:
     mode = stat.S_IMODE(os.stat(key_path).st_mode)
     if mode & 0o077:
         raise CertificateError(
@@ -110,7 +104,7 @@ def _load_ca(cert_path: str, key_path: str) -> LocalCA:
         raise CertificateError(f"cannot read the CA in {os.path.dirname(key_path)}: {exc}; remove {CA_CERT_FILE} and {CA_KEY_FILE} to make a new one") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key().public_numbers() != certificate.public_key().public_numbers():  # type: ignore[union-attr]
         raise CertificateError(f"{cert_path} does not belong to {key_path}; remove both to make a new CA (then run `trust` again)")
-    if certificate.not_valid_after_utc < _now():
+    if certificate.not_valid_after_utc < utc_now():
         raise CertificateError(
             f"the CA in {cert_path} expired on {certificate.not_valid_after_utc:%Y-%m-%d}; remove {CA_CERT_FILE} and {CA_KEY_FILE} to make a new one, then run `trust`"
         )
@@ -127,7 +121,7 @@ def _create_ca(certs_dir: str, cert_path: str, key_path: str) -> LocalCA:
             x509.NameAttribute(NameOID.COMMON_NAME, f"localhost-proxy local CA ({os.uname().nodename})"),
         ]
     )
-    now = _now()
+    now = utc_now()
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -198,7 +192,7 @@ def mint_leaf(ca: LocalCA, names: list[str], *, now: datetime.datetime | None = 
 
     EC P-256: an RSA key would take tens of milliseconds to generate inside the handshake.
     """
-    now = now or _now()
+    now = now or utc_now()
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0][:64])])
     certificate = (
@@ -230,111 +224,3 @@ def mint_leaf(ca: LocalCA, names: list[str], *, now: datetime.datetime | None = 
         .sign(ca.key, hashes.SHA256())
     )
     return certificate, key
-
-
-class AlertingSSLObject(ssl.SSLObject):
-    """An SSLObject whose refusal alert reaches the client.
-
-    asyncio closes the transport as soon as a handshake step raises, dropping the bytes OpenSSL
-    queued: the unrecognized_name alert never leaves and the client sees a bare reset. Reporting
-    "want read" instead makes asyncio flush the alert first; the client then hangs up.
-    """
-
-    is_refused = False  # set by the SNI callback
-
-    def do_handshake(self) -> None:
-        try:
-            super().do_handshake()
-        except ssl.SSLError:
-            if self.is_refused:
-                raise ssl.SSLWantReadError("refused; the alert is on its way") from None
-            raise
-
-
-def new_server_context() -> ssl.SSLContext:
-    """Return a server context with modern settings and no certificate yet."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_alpn_protocols(["http/1.1"])  # the listener speaks HTTP/1.1 (WebSockets included)
-    return context
-
-
-def context_from_pem(chain_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
-    """Return a server context holding a certificate chain and key given as PEM bytes.
-
-    Python's ssl loads certificates only from paths: the PEM goes through an anonymous
-    in-memory file where the OS has one (Linux memfd), else a 0600 temp file removed at once.
-    """
-    context = new_server_context()
-    data = key_pem + chain_pem
-    if hasattr(os, "memfd_create"):
-        fd = os.memfd_create("leaf")
-        try:
-            os.write(fd, data)
-            context.load_cert_chain(f"/proc/self/fd/{fd}")
-        finally:
-            os.close(fd)
-        return context
-    fd, path = tempfile.mkstemp(suffix=".pem")
-    try:
-        os.write(fd, data)
-        os.close(fd)
-        context.load_cert_chain(path)
-    finally:
-        os.unlink(path)
-    return context
-
-
-@dataclass
-class _Minted:
-    context: ssl.SSLContext
-    not_after: datetime.datetime
-
-
-class LeafCache:
-    """Per-host server contexts minted by the CA, in a bounded LRU, renewed before they expire."""
-
-    def __init__(self, ca: LocalCA, *, size: int = LEAF_CACHE_SIZE, clock: Callable[[], datetime.datetime] = _now) -> None:
-        self.ca = ca
-        self._size = size
-        self._clock = clock
-        self._entries: OrderedDict[str, _Minted] = OrderedDict()
-        self.minted = 0  # how many leaves were made, for logs and tests
-
-    def context_for(self, name: str) -> ssl.SSLContext:
-        """Return the context for one local name (see is_local_tls_name), minting it if needed."""
-        name = name.lower().rstrip(".")
-        if not is_local_tls_name(name):
-            raise CertificateError(f"the local CA only signs localhost, *.localhost and loopback addresses, not {name}")
-        return self._context(name, [name])
-
-    def default_context(self) -> ssl.SSLContext:
-        """Return the context for a handshake without SNI: localhost, 127.0.0.1 and ::1."""
-        return self._context("", ["localhost", "127.0.0.1", "::1"])
-
-    def _context(self, key: str, names: list[str]) -> ssl.SSLContext:
-        now = self._clock()
-        entry = self._entries.get(key)
-        if entry is not None and entry.not_after - now > LEAF_RENEW_BEFORE:
-            self._entries.move_to_end(key)
-            return entry.context
-        certificate, leaf_key = mint_leaf(self.ca, names, now=now)
-        chain = certificate.public_bytes(serialization.Encoding.PEM) + self.ca.certificate.public_bytes(serialization.Encoding.PEM)
-        key_pem = leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        context = context_from_pem(chain, key_pem)
-        self._entries[key] = _Minted(context, certificate.not_valid_after_utc)
-        self._entries.move_to_end(key)
-        self.minted += 1
-        while len(self._entries) > self._size:
-            self._entries.popitem(last=False)
-        return context
-
-
-def context_from_files(cert_file: str, key_file: str) -> ssl.SSLContext:
-    """Return a server context for a site that brings its own certificate (e.g. from mkcert)."""
-    context = new_server_context()
-    try:
-        context.load_cert_chain(cert_file, key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise CertificateError(f"cannot load the certificate {cert_file} with key {key_file}: {exc}") from None
-    return context

@@ -1,5 +1,5 @@
-"""The HTTP/1.1 client every proxied request goes through: pooled keep-alive connections per
-upstream, responses parsed by llhttp (httptools), bodies streamed with backpressure.
+"""One connection to an upstream: a request head out, its response parsed by llhttp (httptools),
+the body streamed with backpressure; after a 101 to an upgrade request, a byte tunnel.
 
 A general-purpose client (cookies, redirects, URL objects, auto headers, decompression) does a
 lot per request that a proxy must then switch off again; this one only moves bytes. Request
@@ -7,21 +7,18 @@ heads go out as the proxy built them, byte for byte, and response heads come bac
 
 Framing follows RFC 9112 6.3: Content-Length, chunked, or until the connection closes; no body
 for HEAD, 1xx, 204 and 304. A response that llhttp rejects, or that breaks its framing mid-body,
-raises UpstreamProtocolError; a pooled connection is never handed out while it holds bytes
-nobody asked for, or after its idle time is up.
+raises UpstreamProtocolError. A 101 answering a request that asked to upgrade turns the
+connection into a tunnel (read/write/close); a 101 nobody asked for breaks it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import NamedTuple, cast
 
 import httptools
-
-from proxy.config.model import Upstream
 
 # Idle pooled upstream connections close before the dev server closes them (Node and uvicorn
 # drop idle keep-alive connections after 5 s), so a request rarely meets a stale one.
@@ -60,12 +57,14 @@ class ResponseHead(NamedTuple):  # made per response: a NamedTuple is cheaper to
     has_body: bool
 
 
-def _tls_context(verify: bool) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    if not verify:  # dev servers' self-signed certificates (the default for loopback upstreams)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+def request_head(method: str, target: str, fields: Iterable[tuple[bytes, bytes]], *, chunked: bool) -> bytes:
+    """Return an HTTP/1.1 request head: the fields as given, then chunked framing when the body's length is unknown."""
+    # The target holds the bytes received, decoded as UTF-8 with surrogate escapes: this gives them back.
+    lines = [f"{method} {target} HTTP/1.1\r\n".encode("utf-8", "surrogateescape")]
+    for name, value in fields:
+        lines += (name, b": ", value, b"\r\n")
+    lines.append(b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n")
+    return b"".join(lines)
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -95,6 +94,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._reading_paused = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        self._asks_upgrade = False  # the request in flight asked to switch protocols
+        self.is_tunnel = False  # a 101 switched it: raw bytes both ways from now on (read, write)
 
     # ------------------------------------------------------------ asyncio.Protocol
 
@@ -102,16 +103,23 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
 
     def data_received(self, data: bytes) -> None:
+        if self.is_tunnel:
+            self._take(data)
+            return
         if not self.is_waiting_for_answer or self._message_complete:  # unasked bytes (a late or second answer)
             self._break()
             return
         self._got_response_bytes = True
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:  # a 101 to a plain request: the head is complete, the rest is not HTTP
+        except httptools.HttpParserUpgrade as upgrade:  # a 101: the head is complete, what follows is not HTTP
             self._message_complete = True
-            self._wake_body()
-            self._break()
+            if self._asks_upgrade and self._parser.get_status_code() == 101:
+                self.is_tunnel = self.is_broken = True  # never pooled again
+                self._take(data[upgrade.args[0] :])
+            else:  # a 101 nobody asked for (RFC 9110 15.2.2): nothing after it can be trusted
+                self._wake_body()
+                self._break()
         except httptools.HttpParserError as exc:
             if self._message_complete:  # the answer is whole; only what follows it is wrong
                 self._break()
@@ -127,6 +135,8 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.is_broken = True
         self.transport = None
+        if self.is_tunnel:
+            self._wake_body()  # read() returns b"" once the buffered bytes are taken
         if self.is_waiting_for_answer and not self._message_complete:
             if self._until_close and exc is None and self._head_waiter is not None and self._head_waiter.done():
                 self._message_complete = True  # a close-delimited body is complete at a clean close
@@ -199,11 +209,15 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------ one exchange
 
-    def send_head(self, head: bytes, *, is_head_request: bool) -> asyncio.Future[ResponseHead]:
-        """Write a request head (and start parsing the answer); return a future for the response head."""
+    def send_head(self, head: bytes, *, is_head_request: bool, asks_upgrade: bool = False) -> asyncio.Future[ResponseHead]:
+        """Write a request head (and start parsing the answer); return a future for the response head.
+
+        `asks_upgrade`: the head asks to switch protocols, so a 101 answer makes this connection a tunnel.
+        """
         assert self.transport is not None
         self.is_waiting_for_answer = True
         self._is_head_request = is_head_request
+        self._asks_upgrade = asks_upgrade
         self._status_reason = b""
         self._message_complete = False
         self._got_response_bytes = False
@@ -248,6 +262,21 @@ class UpstreamConnection(asyncio.Protocol):
             await self._body_waiter
             self._body_waiter = None
 
+    async def read(self) -> bytes:
+        """Tunnel: return the next bytes the upstream sent, b"" once it has closed."""
+        while not self._chunks:
+            if self.transport is None:
+                return b""
+            self._body_waiter = self._loop.create_future()
+            await self._body_waiter
+            self._body_waiter = None
+        chunk = self._chunks.popleft()
+        self._buffered -= len(chunk)
+        if self._reading_paused and self._buffered < _READ_AHEAD // 2 and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return chunk
+
     @property
     def is_complete(self) -> bool:
         """Whether the last response has been read to its end, so the connection can carry another."""
@@ -259,6 +288,16 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()
 
     # ------------------------------------------------------------ internals
+
+    def _take(self, data: bytes) -> None:
+        """Tunnel: keep bytes for read(), pausing the socket while too many wait."""
+        if data:
+            self._chunks.append(data)
+            self._buffered += len(data)
+            self._wake_body()
+        if self._buffered > _READ_AHEAD and not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
 
     def _wake_body(self) -> None:
         if self._body_waiter is not None and not self._body_waiter.done():
@@ -280,104 +319,3 @@ class UpstreamConnection(asyncio.Protocol):
 def _parser_message(exc: httptools.HttpParserError) -> str:
     text = str(exc) or type(exc).__name__
     return text.removeprefix("Invalid ").strip() or "malformed response"
-
-
-class UpstreamPool:
-    """Keep-alive connections by upstream address and TLS setting; opens new ones as needed."""
-
-    def __init__(self, *, idle_timeout: float = UPSTREAM_IDLE_TIMEOUT) -> None:
-        self.idle_timeout = idle_timeout
-        self._idle: dict[tuple[object, ...], list[UpstreamConnection]] = {}
-        self._contexts = {True: _tls_context(True), False: _tls_context(False)}
-        self._sweeper: asyncio.TimerHandle | None = None
-        self._in_use: set[UpstreamConnection] = set()
-
-    def take_idle(self, upstream: Upstream, *, verify: bool) -> UpstreamConnection | None:
-        """Return an idle pooled connection to upstream that is still good, if there is one.
-
-        Not a coroutine: the common case, a pooled connection, costs no await.
-        """
-        idle = self._idle.get((upstream, verify))
-        if idle:
-            now = asyncio.get_running_loop().time()
-            while idle:
-                connection = idle.pop()
-                if connection.is_broken or connection.transport is None or now - connection.idle_since > self.idle_timeout:
-                    connection.close()
-                    continue
-                connection.reused = True
-                self._in_use.add(connection)
-                return connection
-        return None
-
-    async def connect(self, upstream: Upstream, *, verify: bool, connect_timeout: float) -> UpstreamConnection:
-        """Return a new connection to upstream (raising OSError or TimeoutError)."""
-        connection = await self._connect(upstream, (upstream, verify), verify, connect_timeout)
-        self._in_use.add(connection)
-        return connection
-
-    def release(self, connection: UpstreamConnection) -> None:
-        """Take a connection back: pooled when its exchange ended cleanly, else closed."""
-        self._in_use.discard(connection)
-        if connection.is_broken or not connection.is_complete or connection.transport is None:
-            connection.close()
-            return
-        loop = asyncio.get_running_loop()
-        connection.idle_since = loop.time()
-        connection.is_waiting_for_answer = False
-        self._idle.setdefault(connection.key, []).append(connection)
-        if self._sweeper is None:
-            self._sweeper = loop.call_later(self.idle_timeout / 2, self._sweep)
-
-    async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
-        for connections in self._idle.values():
-            for connection in connections:
-                connection.close()
-        self._idle.clear()
-        for connection in list(self._in_use):
-            connection.close()
-        self._in_use.clear()
-
-    def _sweep(self) -> None:
-        """Close idle connections past their time, so descriptors go back without waiting for a request."""
-        loop = asyncio.get_running_loop()
-        self._sweeper = None
-        now = loop.time()
-        for key in list(self._idle):
-            keep = []
-            for connection in self._idle[key]:
-                if connection.is_broken or now - connection.idle_since > self.idle_timeout:
-                    connection.close()
-                else:
-                    keep.append(connection)
-            if keep:
-                self._idle[key] = keep
-            else:
-                del self._idle[key]
-        if self._idle:
-            self._sweeper = loop.call_later(self.idle_timeout / 2, self._sweep)
-
-    async def _connect(self, upstream: Upstream, key: tuple[object, ...], verify: bool, connect_timeout: float) -> UpstreamConnection:
-        loop = asyncio.get_running_loop()
-        tls = self._contexts[verify] if upstream.scheme == "https" else None
-        last_error: BaseException | None = None
-        async with asyncio.timeout(connect_timeout):
-            for host in upstream.dial_hosts:  # "localhost" is both loopback addresses; dev servers bind either
-                try:
-                    _, connection = await loop.create_connection(
-                        lambda: UpstreamConnection(loop, key),
-                        host,
-                        upstream.port,
-                        ssl=tls,
-                        server_hostname=upstream.host if tls is not None else None,
-                    )
-                    return connection
-                except ssl.SSLError:
-                    raise
-                except OSError as exc:
-                    last_error = exc
-        assert last_error is not None
-        raise last_error
