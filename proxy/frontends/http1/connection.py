@@ -112,6 +112,7 @@ class Http1Connection(web.RequestHandler):
         self._event_loop: asyncio.AbstractEventLoop = kwargs["loop"]
         self._head_deadline: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0  # when the light path last finished an answer (or the connection opened)
         self._is_refused = False
         self._is_closing = False
         self._head_reader: HeadReader | None = HeadReader(**server.head_limits)  # None once aiohttp reads
@@ -150,7 +151,8 @@ class Http1Connection(web.RequestHandler):
         self._client_ip = str(peername[0]) if isinstance(peername, (list, tuple)) else ""
         sockname = transport.get_extra_info("sockname")
         self._local_port = sockname[1] if isinstance(sockname, (list, tuple)) else None
-        self._arm_idle_timer()
+        self._idle_since = self._event_loop.time()
+        self._idle_timer = self._event_loop.call_at(self._idle_since + IDLE_TIMEOUT, self._idle_too_long)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_head_deadline()
@@ -203,7 +205,6 @@ class Http1Connection(web.RequestHandler):
 
     def _read_here(self, data: bytes) -> None:
         assert self._head_reader is not None
-        self._cancel_idle_timer()
         self._unanswered += data
         if self._answering is not None:  # the next request waits until this one is answered, as in HTTP/1.1
             if len(self._unanswered) > _READ_AHEAD and self.transport is not None and not self._is_reading_paused:
@@ -253,7 +254,7 @@ class Http1Connection(web.RequestHandler):
             self._server.writes.flush()  # an answer waiting to be written goes before the close
             self.force_close()
             return
-        self._arm_idle_timer()
+        self._idle_since = self._event_loop.time()  # the idle timer reads this when it fires: no timer per request
         if self._is_reading_paused:
             self._is_reading_paused = False
             self.transport.resume_reading()
@@ -262,14 +263,19 @@ class Http1Connection(web.RequestHandler):
             self._unanswered.clear()
             self.data_received(waiting)
 
-    def _arm_idle_timer(self) -> None:
-        self._cancel_idle_timer()
-        self._idle_timer = self._event_loop.call_later(IDLE_TIMEOUT, self._idle_too_long)
-
     def _idle_too_long(self) -> None:
+        """Close a connection read by the light path that has sat idle for IDLE_TIMEOUT; else look again when it could have."""
         self._idle_timer = None
-        if self._head_reader is not None and self._answering is None and not self._head_reader.is_reading:
+        if self._head_reader is None:
+            return  # aiohttp's path reads it now, with aiohttp's own idle timer
+        if self._answering is not None or self._head_reader.is_reading:  # busy, or the head deadline watches it
+            self._idle_timer = self._event_loop.call_later(IDLE_TIMEOUT, self._idle_too_long)
+            return
+        due = self._idle_since + IDLE_TIMEOUT
+        if self._event_loop.time() >= due:
             self.force_close()
+        else:
+            self._idle_timer = self._event_loop.call_at(due, self._idle_too_long)
 
     def _cancel_idle_timer(self) -> None:
         if self._idle_timer is not None:
