@@ -104,66 +104,64 @@ class Core:
 
     async def _act(self, request: ProxyRequest, sink: ResponseSink, snapshot: Snapshot, exchange: Exchange, replay_of: int | None) -> None:
         decision = decide(request, snapshot, https_port=self.https_port)
-        if isinstance(decision, Refuse):
-            refused = decision.refusal
-            # What follows on this connection cannot be trusted to be framed as meant: it is the last answer.
-            self._answer(
-                problem_answer(Problem(refused.status, refused.title, refused.detail), _accept(request), _dashboard_url(request), last=True), sink, exchange
-            )
+        if isinstance(decision, Forward):  # the common case first
+            self._capture(exchange, decision.match.site, replay_of)
+            failed = await self._forward(request, sink, decision, exchange)
+            if failed is not None:
+                self._answer(failed, sink, exchange)
             return
-        if isinstance(decision, ForeignHost):
-            self._answer(bare_not_found(), sink, exchange)
+        if isinstance(decision, ServeStatic):
+            self._capture(exchange, decision.match.site, replay_of)
+            exchange.upstream = "static"
+            await serve_static(request, _Recorded(sink, exchange), decision.root, decision.match.target, snapshot.private_paths)
             return
         if isinstance(decision, OwnHost):
             assert self.own_host is not None
             await self.own_host.handle(request, _Recorded(sink, exchange), _dashboard_url(request))
             return
-        site = None if isinstance(decision, UnknownSite) else decision.match.site if isinstance(decision, (ServeStatic, Forward)) else decision.site
-        self._capture(exchange, site, replay_of)
+        if isinstance(decision, Refuse):
+            refused = decision.refusal
+            # What follows on this connection cannot be trusted to be framed as meant: it is the last answer.
+            problem = Problem(refused.status, refused.title, refused.detail)
+            self._answer(problem_answer(problem, _accept(request), _dashboard_url(request), last=True), sink, exchange)
+            return
+        if isinstance(decision, ForeignHost):
+            self._answer(bare_not_found(), sink, exchange)
+            return
         if isinstance(decision, UnknownSite):
+            self._capture(exchange, None, replay_of)
             answer = unknown_site_answer(
                 decision.host, snapshot.config, self.health, _accept(request), request.scheme, request.local_port, _dashboard_url(request)
             )
-        elif isinstance(decision, RedirectToHttps):
-            answer = Answer(308, [(b"Location", decision.location.encode("latin-1", "replace"))])  # 308 keeps the method and body
-        elif isinstance(decision, LoopDetected):
-            site = decision.site
-            answer = problem_answer(
-                Problem(
-                    508,
-                    "Loop detected",
-                    f"This request for {site.host} came back to the proxy from its own upstream.",
-                    "The app behind this site forwards requests to the proxy again. Point its proxy setting at the app's real port, or set preserve_host: false.",
-                    {"site": site.host, "passed through": decision.passed},
-                ),
-                _accept(request),
-                _dashboard_url(request),
-            )
-        elif isinstance(decision, NoRoute):
-            site = decision.site
-            answer = problem_answer(
-                Problem(
-                    404,
-                    "No route for this path",
-                    f"{site.host} has no route that matches {decision.path}.",
-                    f"Add a route for it under {site.host} in sites.yaml, or a `/:` route to catch the rest.",
-                    {"config": str(site.mark)},
-                ),
-                _accept(request),
-                _dashboard_url(request),
-            )
-        elif isinstance(decision, ProbeReady):
-            answer = await _probe_answer(decision)
-        elif isinstance(decision, ServeStatic):
-            exchange.upstream = "static"
-            await serve_static(request, _Recorded(sink, exchange), decision.root, decision.match.target, snapshot.private_paths)
-            return
         else:
-            failed = await self._forward(request, sink, decision, exchange)
-            if failed is None:
-                return
-            answer = failed
+            self._capture(exchange, decision.site, replay_of)
+            answer = await self._site_answer(decision, request)
         self._answer(answer, sink, exchange)
+
+    async def _site_answer(self, decision: RedirectToHttps | LoopDetected | NoRoute | ProbeReady, request: ProxyRequest) -> Answer:
+        """Return the proxy's own answer for a request to a site it does not forward."""
+        if isinstance(decision, RedirectToHttps):
+            return Answer(308, [(b"Location", decision.location.encode("latin-1", "replace"))])  # 308 keeps the method and body
+        if isinstance(decision, ProbeReady):
+            return await _probe_answer(decision)
+        site = decision.site
+        if isinstance(decision, LoopDetected):
+            problem = Problem(
+                508,
+                "Loop detected",
+                f"This request for {site.host} came back to the proxy from its own upstream.",
+                "The app behind this site forwards requests to the proxy again. Point its proxy setting at the app's real port, or set preserve_host: false.",
+                {"site": site.host, "passed through": decision.passed},
+            )
+        else:
+            problem = Problem(
+                404,
+                "No route for this path",
+                f"{site.host} has no route that matches {decision.path}.",
+                f"Add a route for it under {site.host} in sites.yaml, or a `/:` route to catch the rest.",
+                {"config": str(site.mark)},
+            )
+        return problem_answer(problem, _accept(request), _dashboard_url(request))
 
     async def _forward(self, request: ProxyRequest, sink: ResponseSink, decision: Forward, exchange: Exchange) -> Answer | None:
         """Forward the request; return the error page when no upstream took it."""
