@@ -303,7 +303,8 @@ class Http1Connection(web.RequestHandler):
         version = (request.version.major, request.version.minor)
         sink = Http1Sink(self, request.method, version, request.keep_alive)
         authority, target = authority_and_target(request.raw_path, request.headers.get("Host", ""))
-        expects_continue = request.headers.get("Expect", "").lower() == "100-continue"
+        # RFC 9110 10.1.1: an HTTP/1.0 client never waits for 100 Continue, so it gets none.
+        expects_continue = version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue"
         proxy_request = ProxyRequest(
             request.method,
             target,
