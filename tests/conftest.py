@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.rawhttp import EchoUpstream, echo, echo_upstream
+from tests.support.rawhttp import EchoUpstream, echo, echo_upstream
 
 LISTENING = re.compile(r"listening on (http://\S+)")
 LISTENING_HTTPS = re.compile(r"listening on (https://\S+)")

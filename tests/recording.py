@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import Proxy, write_sites
-from tests.rawhttp import RawResponse, read_response
+from tests.support.rawhttp import RawResponse, read_response
 
 WAIT = 2.0  # seconds the proxy gets to answer, or to close, one raw exchange
 QUIET = 0.1  # seconds without new bytes after which the backend counts as done receiving

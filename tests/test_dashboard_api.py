@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import Proxy, ProxyFactory, free_port, require_tool, write_sites
-from tests.rawhttp import TIMEOUT, canned, echo, raw_upstream
+from tests.support.rawhttp import TIMEOUT, canned, echo, raw_upstream
 
 T = TypeVar("T")
 

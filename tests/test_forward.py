@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import ProxyFactory
-
-
-def header_values(echoed: dict[str, Any], name: str) -> list[str]:
-    return [v for k, v in echoed["headers"] if k.lower() == name.lower()]
+from tests.support.rawhttp import header_values
 
 
 async def test_site_by_name_reaches_its_upstream(start_proxy: ProxyFactory, echo_server: TestServer, client: aiohttp.ClientSession) -> None:

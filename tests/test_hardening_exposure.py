@@ -34,7 +34,7 @@ import psutil
 import pytest
 
 from tests.conftest import LISTENING, LISTENING_HTTPS, free_port, has_ipv6_loopback
-from tests.rawhttp import TIMEOUT, RawResponse, http_request, read_response
+from tests.support.rawhttp import TIMEOUT, RawResponse, http_request, read_response
 
 LOOPBACK = {"127.0.0.1", "::1"}
 BARE_404 = b"Not Found\n"

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 
 from proxy.upstream.connection import UPSTREAM_IDLE_TIMEOUT
 from tests.conftest import Proxy, ProxyFactory, write_sites
-from tests.rawhttp import http_request, read_response
+from tests.support.rawhttp import http_request, read_response
 
 MiB = 1024 * 1024
 CONNECTIONS = 1000

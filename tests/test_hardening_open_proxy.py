@@ -22,8 +22,8 @@ import pytest
 import pytest_asyncio
 
 from tests.conftest import Proxy
-from tests.rawhttp import connection
 from tests.recording import WAIT, RecordingBackend, assert_alive, proxy_process, read_for, recording_backend, send
+from tests.support.rawhttp import connection
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -18,7 +18,7 @@ import pytest
 from proxy.frontends.http1.connection import HEAD_TIMEOUT, connection_cap
 from proxy.upstream.connection import UPSTREAM_IDLE_TIMEOUT
 from tests.conftest import ProxyFactory
-from tests.rawhttp import TIMEOUT, canned, exchange, http_request, raw_upstream
+from tests.support.rawhttp import TIMEOUT, canned, exchange, http_request, raw_upstream
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import LISTENING, self_signed_files
-from tests.rawhttp import RawResponse, exchange, http_request
+from tests.support.rawhttp import RawResponse, exchange, http_request
 
 SECRET = "SECRET-7f3a-never-served"
 INDEX = "PUBLIC-INDEX"

@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import LISTENING, free_port
-from tests.rawhttp import TIMEOUT, connection, http_request
+from tests.support.rawhttp import TIMEOUT, connection, http_request
 
 START_TIMEOUT = 15.0
 CONNECT_TIMEOUT = 0.5

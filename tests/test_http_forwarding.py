@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from tests.conftest import ProxyFactory, free_port, self_signed_context
-from tests.rawhttp import (
+from tests.support.rawhttp import (
     TIMEOUT,
     EchoUpstream,
     canned,

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.conftest import LISTENING, Proxy, ProxyFactory, require_tool, self_signed_files, write_sites
-from tests.rawhttp import EchoUpstream, exchange, header_values, http_request, read_response
+from tests.support.rawhttp import EchoUpstream, exchange, header_values, http_request, read_response
 
 HTTPS_LISTENING = re.compile(r"listening on (https://\S+)")
 WAIT = 5.0  # seconds any single connect, handshake or read may take

@@ -29,7 +29,7 @@ from watchdog.observers import Observer
 
 from proxy.config.reload import ConfigWatcher
 from tests.conftest import LISTENING, Proxy, ProxyFactory, free_port
-from tests.rawhttp import EchoUpstream
+from tests.support.rawhttp import EchoUpstream
 
 T = TypeVar("T")
 

@@ -16,7 +16,7 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import ProxyFactory
-from tests.rawhttp import EchoUpstream, echo_upstream
+from tests.support.rawhttp import EchoUpstream, echo_upstream
 from tests.test_reload import (
     DEADLINE,
     addr,

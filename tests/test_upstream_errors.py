@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import Proxy, ProxyFactory, free_port
-from tests.rawhttp import TIMEOUT, canned, connection, exchange, http_request, raw_upstream
+from tests.support.rawhttp import TIMEOUT, canned, connection, exchange, http_request, raw_upstream
 
 
 async def assert_still_serving(proxy: Proxy, client: aiohttp.ClientSession, host: str = "ok.localhost") -> None:

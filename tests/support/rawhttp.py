@@ -135,7 +135,7 @@ class EchoUpstream:
 
 @contextlib.asynccontextmanager
 async def echo_upstream(name: str, *, host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[EchoUpstream]:
-    """Run conftest's echo app on host, port 0, answering with `X-Upstream: name`."""
+    """Run the echo app on host, port 0, answering with `X-Upstream: name`."""
     targets: list[str] = []
 
     async def handle(request: web.Request) -> web.StreamResponse:
