@@ -7,19 +7,14 @@ Files are written under pytest's tmp_path, never into the checkout.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import re
 import resource
-import shutil
 import signal
-import socket
-import ssl
 import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,89 +23,11 @@ import pytest
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from tests.support.rawhttp import EchoUpstream, echo, echo_upstream
 
 LISTENING = re.compile(r"listening on (http://\S+)")
 LISTENING_HTTPS = re.compile(r"listening on (https://\S+)")
-
-
-def require_tool(name: str, package: str = "") -> str:
-    """Return a system tool's path; without it skip on a laptop, but fail under CI (CI set), so a
-    .ci/run that forgot an install step cannot pass by skipping."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed" + (f" (Debian package {package})" if package else "")
-        if os.environ.get("CI"):
-            pytest.fail(message + "; .ci/run must install it")
-        pytest.skip(message)
-    return path
-
-
-def has_ipv6_loopback() -> bool:
-    """Return whether this machine can bind ::1 (some containers have no IPv6)."""
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a port that nothing listens on right now (on both loopbacks when possible)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port: int = s.getsockname()[1]
-        try:
-            with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s6:
-                s6.bind(("::1", port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port")
-
-
-def self_signed_files(folder: Path, *names: str) -> tuple[Path, Path]:
-    """Return (cert, key) PEM files of a fresh self-signed certificate for names, as dev servers and
-    users without mkcert make them. Names default to 127.0.0.1 and localhost."""
-    names = names or ("127.0.0.1", "localhost")
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[-1])])
-    now = datetime.now(UTC)
-    san: list[x509.GeneralName] = []
-    for name in names:
-        try:
-            san.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            san.append(x509.DNSName(name))
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(san), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = folder / f"{names[-1]}.pem", folder / f"{names[-1]}-key.pem"
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return cert_file, key_file
-
-
-def self_signed_context(folder: Path) -> ssl.SSLContext:
-    """Return a server context with a fresh self-signed certificate for 127.0.0.1, as dev servers make."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(*self_signed_files(folder))
-    return context
 
 
 class Proxy:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_tool
+from tests.support.system import require_tool
 
 COMPARE = Path(__file__).resolve().parent.parent / "bench" / "compare.py"
 

@@ -19,7 +19,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from playwright.async_api import async_playwright
 
-from tests.conftest import Proxy, ProxyFactory, free_port, require_tool
+from tests.conftest import Proxy, ProxyFactory
+from tests.support.system import free_port, require_tool
 
 PAGE_TEXT = "served by the app behind app1.localhost"
 CHROMIUM_FLAGS = [

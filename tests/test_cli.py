@@ -22,7 +22,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import LISTENING, ProxyFactory, free_port, has_ipv6_loopback
+from tests.conftest import LISTENING, ProxyFactory
+from tests.support.system import free_port, has_ipv6_loopback
 
 PROXY = [sys.executable, "-m", "proxy"]
 CONSOLE_SCRIPT = Path(sys.executable).parent / "localhost-proxy"

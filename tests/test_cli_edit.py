@@ -24,7 +24,8 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import ProxyFactory, free_port
+from tests.conftest import ProxyFactory
+from tests.support.system import free_port
 
 PROXY = [sys.executable, "-m", "proxy"]
 CLI_TIMEOUT = 20.0

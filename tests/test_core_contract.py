@@ -29,7 +29,7 @@ from proxy.forwarding.http import Forwarder
 from proxy.routing.snapshot import Snapshot, private_paths
 from proxy.routing.table import RoutingTable
 from proxy.upstream.pool import UpstreamPool
-from tests.conftest import free_port
+from tests.support.system import free_port
 
 WAIT = 5.0
 

@@ -23,8 +23,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import Proxy, ProxyFactory, free_port, require_tool, write_sites
+from tests.conftest import Proxy, ProxyFactory, write_sites
 from tests.support.rawhttp import TIMEOUT, canned, echo, raw_upstream
+from tests.support.system import free_port, require_tool
 
 T = TypeVar("T")
 

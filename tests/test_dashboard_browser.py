@@ -20,7 +20,8 @@ from aiohttp.test_utils import TestServer
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Page, async_playwright, expect
 
-from tests.conftest import Proxy, ProxyFactory, free_port, require_tool, write_sites
+from tests.conftest import Proxy, ProxyFactory, write_sites
+from tests.support.system import free_port, require_tool
 from tests.test_browser import CHROMIUM_FLAGS
 
 WAIT_MS = 8_000  # any one wait in the browser; site states are probed every 2 s

@@ -41,7 +41,7 @@ from proxy.diagnostics.doctor import (
     judge_upstream,
 )
 from proxy.diagnostics.ports import ListeningSocket, guess_site_name, is_proxy_command, port_entries, port_table, who_lines
-from tests.conftest import free_port, has_ipv6_loopback
+from tests.support.system import free_port, has_ipv6_loopback
 
 PROXY = [sys.executable, "-m", "proxy"]
 

@@ -19,7 +19,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import ProxyFactory, free_port
+from tests.conftest import ProxyFactory
+from tests.support.system import free_port
 
 LOOPS = [
     "asyncio",

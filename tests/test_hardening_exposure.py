@@ -22,7 +22,6 @@ import contextlib
 import ipaddress
 import os
 import signal
-import ssl
 import subprocess
 import sys
 import time
@@ -33,8 +32,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import LISTENING, LISTENING_HTTPS, free_port, has_ipv6_loopback
+from tests.conftest import LISTENING, LISTENING_HTTPS
+from tests.support.certs import trusting_nothing
 from tests.support.rawhttp import TIMEOUT, RawResponse, http_request, read_response
+from tests.support.system import free_port, has_ipv6_loopback
 
 LOOPBACK = {"127.0.0.1", "::1"}
 BARE_404 = b"Not Found\n"
@@ -291,11 +292,7 @@ def save(path: Path, text: str) -> None:
 
 async def own_index(port: int, *, tls: bool = False) -> RawResponse:
     """GET / as the dashboard's own host over a raw (optionally TLS, unverified) connection."""
-    context: ssl.SSLContext | None = None
-    if tls:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
+    context = trusting_nothing() if tls else None
     reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname="localhost" if tls else None), TIMEOUT)
     try:
         writer.write(http_request("GET", "/api/sites", host="localhost", headers=[("Connection", "close")]))
@@ -390,11 +387,7 @@ PREFLIGHT = [
 
 async def head_only(port: int, request: bytes, *, tls: bool = False, server_hostname: str | None = None) -> tuple[int, list[tuple[str, str]], bytes]:
     """Send a request and return (status, headers, the first bytes of the body); never waits for a streamed body's end."""
-    context: ssl.SSLContext | None = None
-    if tls:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
+    context = trusting_nothing() if tls else None
     reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname=server_hostname if tls else None), TIMEOUT)
     try:
         writer.write(request)

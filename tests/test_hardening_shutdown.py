@@ -26,8 +26,9 @@ import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import Proxy, ProxyFactory, has_ipv6_loopback
+from tests.conftest import Proxy, ProxyFactory
 from tests.support.rawhttp import TIMEOUT, RawHandler, RawResponse, connection, http_request, raw_upstream, read_response
+from tests.support.system import has_ipv6_loopback
 
 GRACE = 5.0  # server.SHUTDOWN_GRACE: what the proxy promises in-flight requests
 SLACK = 2.0

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LISTENING, self_signed_files
+from tests.conftest import LISTENING
+from tests.support.certs import self_signed_files
 from tests.support.rawhttp import RawResponse, exchange, http_request
 
 SECRET = "SECRET-7f3a-never-served"

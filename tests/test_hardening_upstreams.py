@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import subprocess
 import sys
 import threading
@@ -35,8 +34,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LISTENING, free_port
+from tests.conftest import LISTENING
 from tests.support.rawhttp import TIMEOUT, connection, http_request
+from tests.support.system import free_port, unanswering_listener
 
 START_TIMEOUT = 15.0
 CONNECT_TIMEOUT = 0.5
@@ -327,29 +327,6 @@ class Rig:
 
     def host(self, name: str) -> str:
         return f"{name}.localhost"
-
-
-@contextlib.contextmanager
-def unanswering_listener() -> Iterator[int]:
-    """A 127.0.0.1 port whose listen backlog is full, so a new connection neither completes nor is refused."""
-    with contextlib.ExitStack() as stack:
-        listener = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)  # never accepted: Linux drops SYNs once this queue holds one connection
-        port: int = listener.getsockname()[1]
-        for _ in range(8):
-            filler = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            filler.setblocking(False)
-            filler.connect_ex(("127.0.0.1", port))
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.settimeout(0.5)
-            try:
-                probe.connect(("127.0.0.1", port))
-            except TimeoutError:
-                pass
-            else:
-                pytest.skip("this kernel completes connections beyond a full backlog; cannot simulate a hanging upstream")
-        yield port
 
 
 @pytest.fixture(scope="module")

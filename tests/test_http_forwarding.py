@@ -20,7 +20,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from tests.conftest import ProxyFactory, free_port, self_signed_context
+from tests.conftest import ProxyFactory
+from tests.support.certs import self_signed_context
 from tests.support.rawhttp import (
     TIMEOUT,
     EchoUpstream,
@@ -34,6 +35,7 @@ from tests.support.rawhttp import (
     raw_upstream,
     read_response,
 )
+from tests.support.system import free_port
 
 GZIPPED = gzip.compress(b"compressed by the app, not by the proxy\n" * 50, mtime=0)
 FILE_BODY = bytes(range(256)) * 8 + b"tail"

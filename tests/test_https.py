@@ -33,8 +33,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.conftest import LISTENING, Proxy, ProxyFactory, require_tool, self_signed_files, write_sites
+from tests.conftest import LISTENING, Proxy, ProxyFactory, write_sites
+from tests.support.certs import san_values, self_signed_files, trusting_nothing
 from tests.support.rawhttp import EchoUpstream, exchange, header_values, http_request, read_response
+from tests.support.system import require_tool
 
 HTTPS_LISTENING = re.compile(r"listening on (https://\S+)")
 WAIT = 5.0  # seconds any single connect, handshake or read may take
@@ -152,14 +154,6 @@ def trusting(ca_pem: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(ca_pem))
 
 
-def trusting_nothing() -> ssl.SSLContext:
-    """A client that accepts any certificate, to see what a server would present."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 @contextlib.asynccontextmanager
 async def tls_connection(port: int, server_hostname: str, context: ssl.SSLContext) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
     """A TLS connection to 127.0.0.1:port with SNI server_hostname ("" sends none); closed on exit."""
@@ -195,10 +189,6 @@ async def refused_handshake(port: int, name: str) -> ssl.SSLError:
         async with tls_connection(port, name, trusting_nothing()):
             pass
     return caught.value
-
-
-def san_values(certificate: x509.Certificate) -> list[str]:
-    return [str(n.value) for n in certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value]
 
 
 def leaf_signed_by(ca_cert: Path, ca_key: Path, name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:

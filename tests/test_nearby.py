@@ -15,7 +15,8 @@ from aiohttp.test_utils import TestServer
 from proxy.config.model import Upstream
 from proxy.diagnostics.nearby import explain_nearby
 from proxy.diagnostics.ports import ListeningSocket
-from tests.conftest import ProxyFactory, free_port
+from tests.conftest import ProxyFactory
+from tests.support.system import free_port
 
 APP = Upstream("http", "localhost", 5173)
 APP_V4 = Upstream("http", "127.0.0.1", 3000)

@@ -28,8 +28,9 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from proxy.config.reload import ConfigWatcher
-from tests.conftest import LISTENING, Proxy, ProxyFactory, free_port
+from tests.conftest import LISTENING, Proxy, ProxyFactory
 from tests.support.rawhttp import EchoUpstream
+from tests.support.system import free_port
 
 T = TypeVar("T")
 

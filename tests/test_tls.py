@@ -23,7 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from proxy.errors import ProxyError
 from proxy.tls.ca import CA_CERT_FILE, CA_KEY_FILE, CertificateError, LocalCA, is_local_tls_name, load_or_create_ca, mint_leaf
 from proxy.tls.leaves import LeafCache, context_from_files, context_from_pem
-from tests.conftest import self_signed_files
+from tests.support.certs import san_values, self_signed_files, trusting_nothing
 
 UTC = datetime.UTC
 
@@ -43,12 +43,7 @@ def presented_certificate(server: ssl.SSLContext, cafile: str | None, server_hos
     The client trusts only cafile (None: verify nothing); server_hostname None sends no SNI and
     skips the name check.
     """
-    if cafile is None:
-        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        client.check_hostname = False
-        client.verify_mode = ssl.CERT_NONE
-    else:
-        client = ssl.create_default_context(cafile=cafile)
+    client = trusting_nothing() if cafile is None else ssl.create_default_context(cafile=cafile)
     if server_hostname is None:
         client.check_hostname = False  # still CERT_REQUIRED with a cafile: the chain must verify
     c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -71,11 +66,6 @@ def presented_certificate(server: ssl.SSLContext, cafile: str | None, server_hos
     der = client_side.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der)
-
-
-def san_values(certificate: x509.Certificate) -> list[str]:
-    san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    return [str(name.value) for name in san]
 
 
 # ---------------------------------------------------------------- which names are local

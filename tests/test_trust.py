@@ -38,7 +38,7 @@ from proxy.tls.trust import (
     run_plan,
     survey_machine,
 )
-from tests.conftest import require_tool
+from tests.support.system import require_tool
 
 
 def require_nss_tools() -> None:

@@ -9,15 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import socket
 from collections.abc import Iterator
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import Proxy, ProxyFactory, free_port
+from tests.conftest import Proxy, ProxyFactory
 from tests.support.rawhttp import TIMEOUT, canned, connection, exchange, http_request, raw_upstream
+from tests.support.system import free_port, unanswering_listener
 
 
 async def assert_still_serving(proxy: Proxy, client: aiohttp.ClientSession, host: str = "ok.localhost") -> None:
@@ -95,23 +95,7 @@ async def test_refused_route_names_its_own_config_line(start_proxy: ProxyFactory
 @pytest.fixture
 def unanswering_port() -> Iterator[int]:
     """A 127.0.0.1 port whose listen backlog is full, so a new connection neither completes nor is refused."""
-    with contextlib.ExitStack() as stack:
-        listener = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)  # never accepted: Linux drops SYNs once this queue holds one connection
-        port = listener.getsockname()[1]
-        for _ in range(8):
-            filler = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            filler.setblocking(False)
-            filler.connect_ex(("127.0.0.1", port))
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.settimeout(0.5)
-            try:
-                probe.connect(("127.0.0.1", port))
-            except TimeoutError:
-                pass
-            else:
-                pytest.skip("this kernel completes connections beyond a full backlog; cannot simulate a hanging upstream")
+    with unanswering_listener() as port:
         yield port
 
 

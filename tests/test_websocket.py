@@ -21,7 +21,9 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 from websockets.asyncio.client import connect as WebsocketsConnect
 
-from tests.conftest import ProxyFactory, free_port, self_signed_context
+from tests.conftest import ProxyFactory
+from tests.support.certs import self_signed_context
+from tests.support.system import free_port
 
 HOST = {"Host": "app1.localhost"}
 ORIGIN = "http://app1.localhost:5173"
