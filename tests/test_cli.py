@@ -24,6 +24,7 @@ from aiohttp.test_utils import TestServer
 
 from tests.conftest import LISTENING, ProxyFactory
 from tests.support.system import free_port, has_ipv6_loopback
+from tests.support.waiting import wait_until
 
 PROXY = [sys.executable, "-m", "proxy"]
 CONSOLE_SCRIPT = Path(sys.executable).parent / "localhost-proxy"
@@ -79,16 +80,12 @@ class Running:
 
     async def urls(self, timeout: float = 10.0) -> list[str]:
         """Return the `listening on` URLs once printed; fail if the process exits first."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline:
-            if LISTENING.search(self.stdout()):
-                await asyncio.sleep(0.1)  # the [::1] line follows the IPv4 one
-                return LISTENING.findall(self.stdout())
-            if self.process.poll() is not None:
-                raise AssertionError(f"exited with {self.process.returncode}:\n{self.stdout()}\n{self.stderr()}")
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"no 'listening on' within {timeout} s:\n{self.stdout()}\n{self.stderr()}")
+        if not await wait_until(lambda: LISTENING.search(self.stdout()) or self.process.poll() is not None, timeout):
+            raise AssertionError(f"no 'listening on' within {timeout} s:\n{self.stdout()}\n{self.stderr()}")
+        if not LISTENING.search(self.stdout()):
+            raise AssertionError(f"exited with {self.process.returncode}:\n{self.stdout()}\n{self.stderr()}")
+        await asyncio.sleep(0.1)  # the [::1] line follows the IPv4 one
+        return LISTENING.findall(self.stdout())
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -255,10 +252,7 @@ async def test_access_log_has_one_line_per_request(start_proxy: ProxyFactory, cl
     def lines_for(path: str, text: str) -> list[str]:
         return [line for line in text.splitlines() if f" {path} " in line or line.endswith(f" {path}")]
 
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    while loop.time() < deadline and not all(lines_for(p, proxy.stderr()) for p in paths):
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: all(lines_for(p, proxy.stderr()) for p in paths), 5)
     for path in paths:
         lines = lines_for(path, proxy.stderr())
         assert len(lines) == 1, f"{path}: {lines}\n{proxy.stderr()}"

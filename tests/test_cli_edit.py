@@ -26,6 +26,7 @@ from aiohttp.test_utils import TestServer
 
 from tests.conftest import ProxyFactory
 from tests.support.system import free_port
+from tests.support.waiting import wait_until
 
 PROXY = [sys.executable, "-m", "proxy"]
 CLI_TIMEOUT = 20.0
@@ -387,20 +388,21 @@ def test_list_of_an_invalid_file_exits_2_with_file_line_col(tmp_path: Path) -> N
 
 async def poll_status(client: aiohttp.ClientSession, url: str, host: str, want: int, timeout: float = 5.0) -> None:
     """Request url with Host: host until it answers `want`; fail with the last answer after timeout."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
     last: object = None
-    while loop.time() < deadline:
+
+    async def answers() -> bool:
+        nonlocal last
         try:
             async with client.get(url, headers={"Host": host}, timeout=aiohttp.ClientTimeout(total=2)) as resp:
                 await resp.read()
                 last = resp.status
-                if resp.status == want:
-                    return
+                return resp.status == want
         except (aiohttp.ClientError, TimeoutError) as exc:
             last = exc
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{host} did not answer {want} within {timeout} s; last answer: {last!r}")
+            return False
+
+    if not await wait_until(answers, timeout):
+        raise AssertionError(f"{host} did not answer {want} within {timeout} s; last answer: {last!r}")
 
 
 async def test_running_proxy_picks_up_add_and_rm(start_proxy: ProxyFactory, echo_server: TestServer, client: aiohttp.ClientSession) -> None:

@@ -14,9 +14,9 @@ import json
 import os
 import re
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
@@ -26,10 +26,8 @@ from aiohttp.test_utils import TestServer
 from tests.conftest import Proxy, ProxyFactory, write_sites
 from tests.support.rawhttp import TIMEOUT, canned, echo, raw_upstream
 from tests.support.system import free_port, require_tool
+from tests.support.waiting import DEADLINE, until
 
-T = TypeVar("T")
-
-DEADLINE = 5.0  # seconds a capture, an event or a log line may take to show
 BODY_LIMIT = 64 * 1024  # what the inspector keeps of each body (its documented limit)
 CAPACITY = 500  # exchanges the inspector keeps (its documented limit)
 BIG = 100 * 1024 + 5  # a body past BODY_LIMIT
@@ -157,21 +155,6 @@ async def api(client: aiohttp.ClientSession, proxy: Proxy, path: str, status: in
         assert resp.content_type == "application/json", text
         assert not [h for h in resp.headers if h.lower().startswith("access-control-")], dict(resp.headers)
         return json.loads(text)
-
-
-async def until(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = DEADLINE) -> T:
-    """Return the first truthy result of probe, polled; fail naming `what` if none comes within timeout."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last: object = None
-    while True:
-        result = await probe()
-        if result:
-            return result
-        last = result
-        if loop.time() >= deadline:
-            raise AssertionError(f"{what} not within {timeout} s (last probe gave {last!r})")
-        await asyncio.sleep(0.05)
 
 
 async def finished(client: aiohttp.ClientSession, proxy: Proxy, path: str, *, count: int = 1) -> list[dict[str, Any]]:

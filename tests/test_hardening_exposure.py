@@ -36,6 +36,7 @@ from tests.conftest import LISTENING, LISTENING_HTTPS
 from tests.support.certs import trusting_nothing
 from tests.support.rawhttp import TIMEOUT, RawResponse, http_request, read_response
 from tests.support.system import free_port, has_ipv6_loopback
+from tests.support.waiting import wait_until_blocking
 
 LOOPBACK = {"127.0.0.1", "::1"}
 BARE_404 = b"Not Found\n"
@@ -78,13 +79,12 @@ class Running:
         return int(self.https_urls[0].rsplit(":", 1)[1])
 
     def wait_for(self, text: str, *, stream: str = "stdout", timeout: float = START_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        for _ in range(10_000):  # bounded by count as well as by time
-            if text in (self.stdout() if stream == "stdout" else self.stderr()):
-                return
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        def output() -> str:
+            return self.stdout() if stream == "stdout" else self.stderr()
+
+        wait_until_blocking(lambda: text in output() or self.process.poll() is not None, timeout)
+        if text in output():
+            return
         raise AssertionError(f"{text!r} not in the proxy's {stream} within {timeout} s (exit {self.process.poll()}):\n{self.stdout()}\n{self.stderr()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:

@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestServer
 from proxy.upstream.connection import UPSTREAM_IDLE_TIMEOUT
 from tests.conftest import Proxy, ProxyFactory, write_sites
 from tests.support.rawhttp import http_request, read_response
+from tests.support.waiting import wait_until
 
 MiB = 1024 * 1024
 CONNECTIONS = 1000
@@ -59,13 +60,9 @@ def open_descriptors(proxy: Proxy) -> int:
 
 
 async def wait_for_descriptors(proxy: Proxy, at_most: int, timeout: float) -> int:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    count = open_descriptors(proxy)
-    while count > at_most and loop.time() < deadline:
-        await asyncio.sleep(0.25)
-        count = open_descriptors(proxy)
-    return count
+    """Return the proxy's open descriptors once they are down to at_most, or as they are after timeout."""
+    await wait_until(lambda: open_descriptors(proxy) <= at_most, timeout, interval=0.25)
+    return open_descriptors(proxy)
 
 
 @pytest.mark.timeout(120)

@@ -19,6 +19,7 @@ from proxy.frontends.http1.connection import HEAD_TIMEOUT, connection_cap
 from proxy.upstream.connection import UPSTREAM_IDLE_TIMEOUT
 from tests.conftest import ProxyFactory
 from tests.support.rawhttp import TIMEOUT, canned, exchange, http_request, raw_upstream
+from tests.support.waiting import until_true
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -104,9 +105,7 @@ async def test_idle_pooled_upstream_connections_close_before_dev_servers_drop_th
     async with raw_upstream(keep_alive) as port:
         proxy = await start_proxy({"app1": f"127.0.0.1:{port}"})
         assert (await exchange(proxy.port, http_request("GET", "/"))).status == 200
-        async with asyncio.timeout(UPSTREAM_IDLE_TIMEOUT + 5):
-            while not closed_at:
-                await asyncio.sleep(0.05)
+        await until_true(lambda: closed_at, "the proxy closing its idle upstream connection", UPSTREAM_IDLE_TIMEOUT + 5)
     idle = closed_at[0] - answered_at[0]
     assert UPSTREAM_IDLE_TIMEOUT - 0.5 <= idle < 5.0, f"the proxy closed its idle upstream connection after {idle:.1f} s"
 

@@ -29,24 +29,13 @@ from aiohttp.test_utils import TestServer
 from tests.conftest import Proxy, ProxyFactory
 from tests.support.rawhttp import TIMEOUT, RawHandler, RawResponse, connection, http_request, raw_upstream, read_response
 from tests.support.system import has_ipv6_loopback
+from tests.support.waiting import is_refused, wait_exit, wait_until
 
 GRACE = 5.0  # server.SHUTDOWN_GRACE: what the proxy promises in-flight requests
 SLACK = 2.0
 
 
 # ---------------------------------------------------------------- helpers
-
-
-async def is_refused(host: str, port: int) -> bool:
-    """Return whether a new TCP connection to host:port is refused right now."""
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
-    except ConnectionRefusedError:
-        return True
-    except (TimeoutError, ConnectionResetError, OSError):
-        return False
-    writer.close()
-    return False
 
 
 def listener_addresses(proxy: Proxy) -> list[tuple[str, int]]:
@@ -57,16 +46,11 @@ def listener_addresses(proxy: Proxy) -> list[tuple[str, int]]:
     return found
 
 
-async def wait_exit(proxy: Proxy, timeout: float) -> tuple[int, float]:
+async def timed_exit(proxy: Proxy, timeout: float) -> tuple[int, float]:
     """Return (exit code, seconds waited) for a proxy already signalled; fail if it outlives timeout."""
     started = time.monotonic()
-    for _ in range(100_000):
-        if proxy.process.poll() is not None or time.monotonic() - started > timeout:
-            break
-        await asyncio.sleep(0.05)
-    if proxy.process.poll() is None:
-        raise AssertionError(f"the proxy did not exit within {timeout:g} s of the signal:\n{proxy.stderr()}")
-    return proxy.process.returncode, time.monotonic() - started
+    code = await wait_exit(proxy, timeout)
+    return code, time.monotonic() - started
 
 
 @dataclass
@@ -125,11 +109,13 @@ async def test_every_listener_refuses_at_once_while_the_in_flight_request_finish
         proxy.process.send_signal(signal.SIGTERM)
 
         pending = set(addresses)
-        for _ in range(100):
+
+        async def all_refused() -> bool:
+            nonlocal pending
             pending = {a for a in pending if not await is_refused(*a)}
-            if not pending or time.monotonic() - signalled > 1.0:
-                break
-            await asyncio.sleep(0.02)
+            return not pending
+
+        await wait_until(all_refused, 1.0, interval=0.02)
         assert not pending, f"still accepting {pending} {time.monotonic() - signalled:.2f} s after SIGTERM"
         assert proxy.process.poll() is None, "the proxy should still be finishing the slow request"
         for _ in range(5):  # and it stays that way while the request finishes
@@ -140,7 +126,7 @@ async def test_every_listener_refuses_at_once_while_the_in_flight_request_finish
         response = await read_response(reader)
         writer.close()
         assert (response.status, response.body, response.complete) == (200, b"slow done", True)
-        code, _ = await wait_exit(proxy, GRACE + SLACK)
+        code = await wait_exit(proxy, GRACE + SLACK)
     assert code == 0, proxy.stderr()
     assert len(seen.requests) == 1 and seen.requests[0].startswith(b"GET /slow HTTP/1.1\r\n")
     assert "Traceback" not in proxy.stderr()
@@ -169,7 +155,7 @@ async def test_a_streamed_body_in_flight_arrives_whole(start_proxy: ProxyFactory
         writer.close()
         assert response.status == 200 and response.complete, response
         assert response.body == b"".join(b"part %d\n" % i for i in range(10))
-        code, _ = await wait_exit(proxy, GRACE + SLACK)
+        code = await wait_exit(proxy, GRACE + SLACK)
     assert code == 0, proxy.stderr()
 
 
@@ -187,7 +173,7 @@ async def test_a_body_still_uploading_at_the_signal_is_forwarded_and_answered(st
             await writer.drain()
             response = await read_response(reader, method="POST")
         assert (response.status, response.body, response.complete) == (200, b"got it", True)
-        code, _ = await wait_exit(proxy, GRACE + SLACK)
+        code = await wait_exit(proxy, GRACE + SLACK)
     assert code == 0
     assert len(seen.requests) == 1 and seen.requests[0].endswith(b"\r\n\r\n0123456789"), seen.requests
 
@@ -203,7 +189,7 @@ async def test_a_request_past_the_grace_is_cut_on_both_sides_and_the_proxy_exits
         await asyncio.wait_for(seen.arrived.wait(), TIMEOUT)
         signalled = time.monotonic()
         proxy.process.send_signal(signal.SIGTERM)
-        code, took = await wait_exit(proxy, GRACE + SLACK)
+        code, took = await timed_exit(proxy, GRACE + SLACK)
         assert code == 0, proxy.stderr()
         assert took >= GRACE - 1, f"exited after {took:.1f} s: the request deserved its {GRACE:g} s grace"
         # The client learns its request ended: no complete 200, and the connection is closed.
@@ -214,10 +200,7 @@ async def test_a_request_past_the_grace_is_cut_on_both_sides_and_the_proxy_exits
         writer.close()
         assert response is None or response.status >= 500 or not response.complete, response
         # The backend sees the proxy hang up, no later than the exit.
-        for _ in range(100):
-            if seen.closed_at:
-                break
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: seen.closed_at, 2.0, interval=0.02)
         assert seen.closed_at, "the backend never saw the proxy close its connection"
         assert seen.closed_at[0] - signalled < GRACE + SLACK
     assert "Traceback" not in proxy.stderr()
@@ -233,7 +216,7 @@ async def test_an_idle_keep_alive_connection_does_not_hold_the_exit(start_proxy:
         reader, writer = await send(proxy, "/quick")
         assert (await read_response(reader)).status == 200
         proxy.process.send_signal(signal.SIGTERM)
-        code, took = await wait_exit(proxy, GRACE + SLACK)
+        code, took = await timed_exit(proxy, GRACE + SLACK)
         assert code == 0
         assert took < 3, f"an idle keep-alive connection held the exit for {took:.1f} s"
         assert await asyncio.wait_for(reader.read(1), TIMEOUT) == b"", "the idle connection should be closed"
@@ -265,7 +248,7 @@ async def test_a_request_on_an_old_keep_alive_connection_after_the_signal_is_ans
         assert (busy.status, busy.body) == (200, b"slow done")
         idle_writer.close()
         busy_writer.close()
-        code, _ = await wait_exit(proxy, GRACE + SLACK)
+        code = await wait_exit(proxy, GRACE + SLACK)
     assert code == 0, proxy.stderr()
 
 
@@ -339,12 +322,9 @@ async def test_open_websocket_gets_1001_on_both_sides_and_the_proxy_exits_prompt
         assert int.from_bytes(payload[:2], "big") == 1001, payload
         assert time.monotonic() - signalled < 3
         writer.write(masked_frame(0x8, payload[:2]))
-    code, _ = await wait_exit(proxy, GRACE + SLACK)
+    code = await wait_exit(proxy, GRACE + SLACK)
     assert code == 0, proxy.stderr()
-    for _ in range(100):
-        if ws_backend.close_codes:
-            break
-        await asyncio.sleep(0.02)
+    await wait_until(lambda: ws_backend.close_codes, 2.0, interval=0.02)
     assert ws_backend.close_codes == [1001], f"the backend saw close codes {ws_backend.close_codes}"
 
 
@@ -357,7 +337,7 @@ async def test_a_second_signal_stops_at_once(start_proxy: ProxyFactory) -> None:
         proxy.process.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.3)
         proxy.process.send_signal(signal.SIGTERM)
-        code, took = await wait_exit(proxy, SLACK)
+        code, took = await timed_exit(proxy, SLACK)
         writer.close()
     assert took < 1.5, f"the second signal took {took:.1f} s to stop the proxy"
     assert code != 0, "an interrupted shutdown should not report success"

@@ -15,7 +15,6 @@ spellings, 1 .well-known, 6 roots refused by config, 2 private keys under a root
 
 from __future__ import annotations
 
-import asyncio
 import re
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import pytest
 from tests.conftest import LISTENING
 from tests.support.certs import self_signed_files
 from tests.support.rawhttp import RawResponse, exchange, http_request
+from tests.support.waiting import wait_until
 
 SECRET = "SECRET-7f3a-never-served"
 INDEX = "PUBLIC-INDEX"
@@ -372,13 +372,8 @@ async def test_a_reload_to_a_root_holding_the_config_is_refused_and_the_old_root
         temporary = folder / "sites.yaml.tmp"
         temporary.write_text("sites:\n  app1:\n    root: .\n")
         temporary.replace(config)
-        deadline = time.monotonic() + 5
-        stderr = ""
-        for _ in range(200):
-            stderr = (folder / "proxy.stderr").read_text(errors="replace")
-            if "contains this config file" in stderr or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: "contains this config file" in (folder / "proxy.stderr").read_text(errors="replace"), 5)
+        stderr = (folder / "proxy.stderr").read_text(errors="replace")
         assert re.search(rf"{re.escape(str(config))}:3:\d+: root folder", stderr), stderr
         for target in ("/sites.yaml", "/proxy.stderr"):
             response = await exchange(port, http_request("GET", target, headers=[("Connection", "close")]))

@@ -33,12 +33,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.conftest import LISTENING, Proxy, ProxyFactory, write_sites
+from tests.conftest import LISTENING, LISTENING_HTTPS, Proxy, ProxyFactory, write_sites
 from tests.support.certs import san_values, self_signed_files, trusting_nothing
 from tests.support.rawhttp import EchoUpstream, exchange, header_values, http_request, read_response
 from tests.support.system import require_tool
+from tests.support.waiting import wait_logged, wait_until
 
-HTTPS_LISTENING = re.compile(r"listening on (https://\S+)")
 WAIT = 5.0  # seconds any single connect, handshake or read may take
 UTC = datetime.UTC
 
@@ -70,26 +70,17 @@ class TlsProxy(Proxy):
         return self.stdout() + self.stderr()
 
     async def wait_both_listening(self, timeout: float = 15.0) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline:
+        def both() -> bool:
             self.urls = LISTENING.findall(self.stdout())
-            self.https_urls = HTTPS_LISTENING.findall(self.stdout())
-            if self.urls and self.https_urls:
-                return
-            if self.process.poll() is not None:
-                raise AssertionError(f"proxy exited with {self.process.returncode}:\n{self.stdout()}\n{self.stderr()}")
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"no http and https 'listening on' lines within {timeout} s:\n{self.stdout()}\n{self.stderr()}")
+            self.https_urls = LISTENING_HTTPS.findall(self.stdout())
+            return bool(self.urls and self.https_urls)
 
-    async def wait_for_stderr(self, text: str, timeout: float = WAIT) -> str:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline:
-            if text in (err := self.stderr()):
-                return err
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"{text!r} not in the proxy's stderr within {timeout} s:\n{self.stderr()}")
+        await wait_until(lambda: both() or self.process.poll() is not None, timeout)
+        if both():
+            return
+        if self.process.poll() is not None:
+            raise AssertionError(f"proxy exited with {self.process.returncode}:\n{self.stdout()}\n{self.stderr()}")
+        raise AssertionError(f"no http and https 'listening on' lines within {timeout} s:\n{self.stdout()}\n{self.stderr()}")
 
 
 TlsProxyFactory = Callable[..., Awaitable[TlsProxy]]
@@ -277,7 +268,7 @@ async def test_https_listener_prints_its_listening_line(start_tls_proxy: TlsProx
 async def test_no_https_means_no_https_listener_and_no_ca(start_proxy: ProxyFactory, upstream_a: EchoUpstream) -> None:
     proxy = await start_proxy({"app1": upstream_a.port})  # conftest passes --no-https
     await asyncio.sleep(0.2)
-    assert not HTTPS_LISTENING.findall(proxy.stdout())
+    assert not LISTENING_HTTPS.findall(proxy.stdout())
     assert not (proxy.folder / "certs").exists()
 
 
@@ -594,12 +585,12 @@ async def test_site_outside_the_ca_warns_serves_http_and_refuses_tls_once_logged
     response = await exchange(proxy.port, http_request("GET", "/plain", host="myapp.test"))
     assert response.status == 200 and response.values("X-Upstream") == ["A"]
 
-    await proxy.wait_for_stderr("GET /plain")  # its access line is written after the response: count from here
+    await wait_logged(proxy, "GET /plain")  # its access line is written after the response: count from here
     before = len(proxy.stderr().splitlines())
     for _ in range(2):
         error = await refused_handshake(proxy.https_port, "myapp.test")
         assert error.reason == "TLSV1_UNRECOGNIZED_NAME", error
-    await proxy.wait_for_stderr("refused")
+    await wait_logged(proxy, "refused")
     await asyncio.sleep(0.3)  # room for a wrongly repeated line to land
     new_lines = [line for line in proxy.stderr().splitlines()[before:] if "myapp.test" in line]
     assert len(new_lines) == 1, new_lines

@@ -20,7 +20,7 @@ import textwrap
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
@@ -31,10 +31,8 @@ from proxy.config.reload import ConfigWatcher
 from tests.conftest import LISTENING, Proxy, ProxyFactory
 from tests.support.rawhttp import EchoUpstream
 from tests.support.system import free_port
+from tests.support.waiting import DEADLINE, until, until_true, wait_logged, wait_until
 
-T = TypeVar("T")
-
-DEADLINE = 5.0  # seconds a reload (debounce included) may take to show; the spec says about 1 s
 # Long enough after a change has shown for a second reload, had there been one, to be logged:
 # several debounce periods (0.2 s) plus a slow machine's margin.
 SETTLE = 1.0
@@ -43,34 +41,6 @@ CHANGE_LINE = re.compile(r"^.*?([+~-]) ([a-z0-9*.-]+\.localhost)\b", re.MULTILIN
 
 
 # ---------------------------------------------------------------- polling and probes
-
-
-Described = str | Callable[[], str]  # a callable is asked only on failure, for a fresh log
-
-
-async def until(probe: Callable[[], Awaitable[T | None]], what: Described, timeout: float = DEADLINE) -> T:
-    """Return the first truthy result of the async probe; fail naming `what` if none comes within timeout."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last: object = None
-    for _ in range(100_000):  # bounded
-        result = await probe()
-        if result:
-            return result
-        last = result
-        if loop.time() >= deadline:
-            break
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what if isinstance(what, str) else what()}\nnot within {timeout} s (last probe gave {last!r})")
-
-
-async def until_true(probe: Callable[[], T | None], what: Described, timeout: float = DEADLINE) -> T:
-    """Return the first truthy result of the plain probe; fail naming `what` if none comes within timeout."""
-
-    async def wrapped() -> T | None:
-        return probe()
-
-    return await until(wrapped, what, timeout)
 
 
 @dataclass
@@ -144,16 +114,6 @@ def site_hosts(document: dict[str, Any]) -> list[str]:
 def change_lines(stderr: str) -> list[tuple[str, str]]:
     """Return every (`+`|`-`|`~`, host) change line the proxy logged."""
     return CHANGE_LINE.findall(stderr)
-
-
-async def wait_logged(proxy: Proxy, text: str, *, since: int = 0) -> str:
-    """Return stderr once it contains text (after offset `since`)."""
-
-    def probe() -> str | None:
-        err = proxy.stderr()
-        return err if text in err[since:] else None
-
-    return await until_true(probe, lambda: f"{text!r} in the proxy's stderr\n{proxy.stderr()[since:]}")
 
 
 def assert_healthy(proxy: Proxy) -> None:
@@ -656,10 +616,7 @@ async def test_writes_to_other_files_in_the_folder_do_not_wake_the_watcher(tmp_p
         about_the_log = [e.event_type for e in seen if os.fsdecode(e.src_path).endswith("app.log")]
         assert len(about_the_log) <= 2, about_the_log  # created and closed, not one per write
         config.write_text("sites:\n  app1: 3001\n")  # a save is still seen
-        for _ in range(50):
-            if reloads:
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: reloads, 2.5)
         assert reloads, "the save of sites.yaml was not noticed"
     finally:
         watcher.stop()

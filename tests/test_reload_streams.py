@@ -17,8 +17,8 @@ from aiohttp.test_utils import TestServer
 
 from tests.conftest import ProxyFactory
 from tests.support.rawhttp import EchoUpstream, echo_upstream
+from tests.support.waiting import DEADLINE, until, until_true
 from tests.test_reload import (
-    DEADLINE,
     addr,
     api_sites,
     assert_healthy,
@@ -28,8 +28,6 @@ from tests.test_reload import (
     save_rename_over,
     site_hosts,
     sites_text,
-    until,
-    until_true,
     wait_config_error,
     wait_config_ok,
     wait_routed,

@@ -20,6 +20,7 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import Proxy, ProxyFactory
+from tests.support.waiting import is_refused, wait_exit, wait_until
 
 SIGNALS = [pytest.param(signal.SIGTERM, id="SIGTERM"), pytest.param(signal.SIGINT, id="SIGINT")]
 EXIT_WITHIN = 10.0
@@ -99,17 +100,6 @@ async def start(start_proxy: ProxyFactory, upstream: Upstream) -> Proxy:
     return await start_proxy({"app1": upstream.address})
 
 
-async def wait_exit(proxy: Proxy, timeout: float = EXIT_WITHIN) -> int:
-    """Return the exit code of a proxy already signalled, without signalling it again."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while proxy.process.poll() is None and loop.time() < deadline:
-        await asyncio.sleep(0.05)
-    if proxy.process.poll() is None:
-        raise AssertionError(f"the proxy did not exit within {timeout:g} s of the signal; its stderr:\n{proxy.stderr()}")
-    return proxy.process.returncode
-
-
 async def stop_and_time(proxy: Proxy, sig: int) -> tuple[int, float]:
     """Send sig and return (exit code, seconds until exit); fail past EXIT_WITHIN + slack."""
     started = time.monotonic()
@@ -129,18 +119,6 @@ async def within(awaitable: Awaitable[T], seconds: float, proxy: Proxy, what: st
 def close_code_seen(msg: aiohttp.WSMessage, ws: aiohttp.ClientWebSocketResponse) -> int | None:
     """Return the code in the close frame the client received (ws.close_code if none came)."""
     return int(msg.data) if msg.type == WSMsgType.CLOSE else ws.close_code
-
-
-async def is_refused(port: int) -> bool:
-    """Return whether a new connection to 127.0.0.1:port is refused."""
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1)
-    except ConnectionRefusedError:
-        return True
-    except (TimeoutError, ConnectionResetError):  # reset: caught in the backlog as the listener closed
-        return False
-    writer.close()
-    return False
 
 
 HOST = {"Host": "app1.localhost"}
@@ -199,13 +177,7 @@ async def test_new_connections_are_refused_after_sigterm(start_proxy: ProxyFacto
         await upstream.wait_arrived("/slow")
         signalled = time.monotonic()
         proxy.process.send_signal(signal.SIGTERM)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 1.0
-        refused = False
-        while loop.time() < deadline and not refused:
-            refused = await is_refused(proxy.port)
-            if not refused:
-                await asyncio.sleep(0.05)
+        refused = await wait_until(lambda: is_refused("127.0.0.1", proxy.port), 1.0)
         assert proxy.process.poll() is None, "the proxy should still be finishing the slow request"
         assert refused, "a new connection was accepted after SIGTERM"
         assert await asyncio.wait_for(request, EXIT_WITHIN) == 200

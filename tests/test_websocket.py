@@ -24,6 +24,7 @@ from websockets.asyncio.client import connect as WebsocketsConnect
 from tests.conftest import ProxyFactory
 from tests.support.certs import self_signed_context
 from tests.support.system import free_port
+from tests.support.waiting import wait_until
 
 HOST = {"Host": "app1.localhost"}
 ORIGIN = "http://app1.localhost:5173"
@@ -301,10 +302,7 @@ async def test_origin_reaches_upstream_unchanged(start_proxy: ProxyFactory, ws_u
     async with websockets_connect(proxy.port, origin=ORIGIN):
         pass
     await asyncio.wait_for(upstream.connected.wait(), timeout=WAIT)
-    for _ in range(100):  # the second connection is recorded as its handshake arrives
-        if len(upstream.seen) == 2:
-            break
-        await asyncio.sleep(0.02)
+    await wait_until(lambda: len(upstream.seen) == 2, 2.0, interval=0.02)  # the second connection is recorded as its handshake arrives
     assert [s.origin for s in upstream.seen] == [ORIGIN, ORIGIN]
 
 
