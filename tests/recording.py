@@ -12,14 +12,12 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Proxy, write_sites
+from tests.support.proxies import Proxy, spawn, write_sites
 from tests.support.rawhttp import RawResponse, read_response
 
 WAIT = 2.0  # seconds the proxy gets to answer, or to close, one raw exchange
@@ -263,9 +261,7 @@ async def proxy_process(folder: Path, sites: dict[str, Any]) -> AsyncIterator[Pr
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "sites.yaml"
     write_sites(config, sites)
-    command = [sys.executable, "-m", "proxy", "run", "--config", str(config), "--http", "127.0.0.1:0", "--no-https"]
-    with open(folder / "proxy.stdout", "wb") as stdout, open(folder / "proxy.stderr", "wb") as stderr:
-        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, cwd=folder)
+    process = spawn(folder, config, "--http", "127.0.0.1:0", "--no-https")
     proxy = Proxy(folder, config, process)
     try:
         await proxy.wait_listening()

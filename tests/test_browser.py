@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from playwright.async_api import async_playwright
 
-from tests.conftest import Proxy, ProxyFactory
+from tests.support.proxies import PROXY, Proxy, ProxyFactory
 from tests.support.system import free_port, require_tool
 
 PAGE_TEXT = "served by the app behind app1.localhost"
@@ -78,7 +77,7 @@ async def load_in_chromium(home: Path, url: str) -> str:
 
 
 async def trust_into(proxy: Proxy, nssdb: Path, home: Path) -> None:
-    command = [sys.executable, "-m", "proxy", "trust", "--config", str(proxy.config), "--certs", str(proxy.certs), "--nssdb", str(nssdb), "--no-system"]
+    command = [*PROXY, "trust", "--config", str(proxy.config), "--certs", str(proxy.certs), "--nssdb", str(nssdb), "--no-system"]
     done = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(home)})
     assert done.returncode == 0, done.stdout + done.stderr
 

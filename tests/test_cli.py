@@ -22,11 +22,10 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import LISTENING, ProxyFactory
+from tests.support.proxies import LISTENING, PROXY, ProxyFactory, cli, write
 from tests.support.system import free_port, has_ipv6_loopback
 from tests.support.waiting import wait_until
 
-PROXY = [sys.executable, "-m", "proxy"]
 CONSOLE_SCRIPT = Path(sys.executable).parent / "localhost-proxy"
 ACCESS_DURATION = re.compile(r"\d+(?:\.\d+)?\s*(?:ms|s)\b")
 
@@ -44,18 +43,6 @@ THREE_ERRORS = textwrap.dedent(
 
 
 needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no ::1 on this machine")
-
-
-def cli(*args: str, cwd: Path, timeout: float = 10.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `python -m proxy ARGS` to completion and return its exit code and output."""
-    return subprocess.run(
-        [*PROXY, *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
@@ -106,11 +93,6 @@ def start(running: list[Running], args: list[str], cwd: Path) -> Running:
     process = Running(args, cwd)
     running.append(process)
     return process
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(textwrap.dedent(text))
-    return path
 
 
 # ---------------------------------------------------------------- entry points and help

@@ -14,7 +14,6 @@ import os
 import re
 import stat
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,10 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import ProxyFactory
+from tests.support.proxies import PROXY, ProxyFactory, cli
 from tests.support.system import free_port
 from tests.support.waiting import wait_until
 
-PROXY = [sys.executable, "-m", "proxy"]
 CLI_TIMEOUT = 20.0
 OLD_MTIME_NS = 1_000_000_000 * 1_000_000_000  # 2001-09-09: any rewrite moves the mtime off it
 FILE_LINE_COL = re.compile(r"^(?P<file>\S*sites\.yaml):(?P<line>\d+):(?P<col>\d+): ", re.MULTILINE)
@@ -57,11 +55,6 @@ sites:
 #   web: {root: ./public}
 #   legacy: https://127.0.0.1:8443
 """
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run `python -m proxy ARGS` to completion and return its exit code and output."""
-    return subprocess.run([*PROXY, *args], cwd=cwd, capture_output=True, text=True, timeout=CLI_TIMEOUT, check=False)
 
 
 async def cli_async(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

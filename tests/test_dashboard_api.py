@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import Proxy, ProxyFactory, write_sites
+from tests.support.proxies import Proxy, ProxyFactory, write_sites
 from tests.support.rawhttp import TIMEOUT, canned, echo, raw_upstream
 from tests.support.system import free_port, require_tool
 from tests.support.waiting import DEADLINE, until

@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestServer
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Page, async_playwright, expect
 
-from tests.conftest import Proxy, ProxyFactory, write_sites
+from tests.support.proxies import Proxy, ProxyFactory, write_sites
 from tests.support.system import free_port, require_tool
 from tests.test_browser import CHROMIUM_FLAGS
 

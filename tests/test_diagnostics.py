@@ -13,9 +13,6 @@ import os
 import re
 import socket
 import stat
-import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,14 +38,8 @@ from proxy.diagnostics.doctor import (
     judge_upstream,
 )
 from proxy.diagnostics.ports import ListeningSocket, guess_site_name, is_proxy_command, port_entries, port_table, who_lines
+from tests.support.proxies import cli, write
 from tests.support.system import free_port, has_ipv6_loopback
-
-PROXY = [sys.executable, "-m", "proxy"]
-
-
-def cli(*args: str, cwd: Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """Run `python -m proxy ARGS` to completion and return its exit code and output."""
-    return subprocess.run([*PROXY, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 @dataclass
@@ -79,11 +70,6 @@ def listeners() -> Iterator[Listeners]:
     finally:
         for s in opened:
             s.close()
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(textwrap.dedent(text))
-    return path
 
 
 # ---------------------------------------------------------------- who

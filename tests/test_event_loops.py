@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import ProxyFactory
+from tests.support.proxies import ProxyFactory
 from tests.support.system import free_port
 
 LOOPS = [

@@ -6,7 +6,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import ProxyFactory
+from tests.support.proxies import ProxyFactory
 from tests.support.rawhttp import header_values
 
 

@@ -32,15 +32,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import LISTENING, LISTENING_HTTPS
 from tests.support.certs import trusting_nothing
+from tests.support.proxies import LISTENING, LISTENING_HTTPS, PROXY, START_TIMEOUT, spawn
 from tests.support.rawhttp import TIMEOUT, RawResponse, http_request, read_response
 from tests.support.system import free_port, has_ipv6_loopback
 from tests.support.waiting import wait_until_blocking
 
 LOOPBACK = {"127.0.0.1", "::1"}
 BARE_404 = b"Not Found\n"
-START_TIMEOUT = 15.0
 RELOAD_TIMEOUT = 5.0
 needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
 
@@ -103,10 +102,7 @@ def launch(folder: Path, config_text: str, *args: str, wait: bool = True) -> Run
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "sites.yaml"
     config.write_text(config_text)
-    command = [sys.executable, "-m", "proxy", "run", "--config", str(config), *args]
-    with open(folder / "proxy.stdout", "wb") as out, open(folder / "proxy.stderr", "wb") as err:
-        process = subprocess.Popen(command, stdout=out, stderr=err, cwd=folder)
-    running = Running(process, folder, config)
+    running = Running(spawn(folder, config, *args), folder, config)
     if wait:
         running.wait_for("listening on")
         time.sleep(0.1)  # every listener's line is printed at once; let the last ones land
@@ -129,9 +125,7 @@ def refused_run(tmp_path: Path, config_text: str, *args: str) -> subprocess.Comp
     config = tmp_path / "sites.yaml"
     config.write_text(config_text)
     try:
-        return subprocess.run(
-            [sys.executable, "-m", "proxy", "run", "--config", str(config), *args], capture_output=True, text=True, cwd=tmp_path, timeout=15, check=False
-        )
+        return subprocess.run([*PROXY, "run", "--config", str(config), *args], capture_output=True, text=True, cwd=tmp_path, timeout=15, check=False)
     except subprocess.TimeoutExpired as exc:
         raise AssertionError(f"the proxy ran instead of refusing {args}: {exc.stdout!r}") from None
 

@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.upstream.connection import UPSTREAM_IDLE_TIMEOUT
-from tests.conftest import Proxy, ProxyFactory, write_sites
+from tests.support.proxies import Proxy, ProxyFactory, write_sites
 from tests.support.rawhttp import http_request, read_response
 from tests.support.waiting import wait_until
 

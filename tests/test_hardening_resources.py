@@ -17,7 +17,7 @@ import pytest
 
 from proxy.frontends.http1.connection import HEAD_TIMEOUT, connection_cap
 from proxy.upstream.connection import UPSTREAM_IDLE_TIMEOUT
-from tests.conftest import ProxyFactory
+from tests.support.proxies import ProxyFactory
 from tests.support.rawhttp import TIMEOUT, canned, exchange, http_request, raw_upstream
 from tests.support.waiting import until_true
 

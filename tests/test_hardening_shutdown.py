@@ -26,7 +26,7 @@ import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import Proxy, ProxyFactory
+from tests.support.proxies import Proxy, ProxyFactory
 from tests.support.rawhttp import TIMEOUT, RawHandler, RawResponse, connection, http_request, raw_upstream, read_response
 from tests.support.system import has_ipv6_loopback
 from tests.support.waiting import is_refused, wait_exit, wait_until

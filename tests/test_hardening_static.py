@@ -17,22 +17,19 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import LISTENING
 from tests.support.certs import self_signed_files
+from tests.support.proxies import PROXY, spawn, wait_listening_blocking
 from tests.support.rawhttp import RawResponse, exchange, http_request
 from tests.support.waiting import wait_until
 
 SECRET = "SECRET-7f3a-never-served"
 INDEX = "PUBLIC-INDEX"
-START_TIMEOUT = 15.0
 
 
 # ---------------------------------------------------------------- the tree and the proxy serving it
@@ -91,22 +88,14 @@ def start_sync(folder: Path, config_text: str, *args: str) -> tuple[subprocess.P
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "sites.yaml"
     config.write_text(config_text)
-    command = [sys.executable, "-m", "proxy", "run", "--config", str(config), "--http", "127.0.0.1:0", *args]
-    with open(folder / "proxy.stdout", "wb") as out, open(folder / "proxy.stderr", "wb") as err:
-        process = subprocess.Popen(command, stdout=out, stderr=err, cwd=folder)
-    deadline = time.monotonic() + START_TIMEOUT
-    for _ in range(10_000):
-        urls = LISTENING.findall((folder / "proxy.stdout").read_text(errors="replace"))
-        if urls:
-            return process, int(urls[0].rsplit(":", 1)[1])
-        if process.poll() is not None:
-            return process, None
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    process.kill()
-    process.wait(5)
-    raise AssertionError(f"the proxy neither started nor exited:\n{(folder / 'proxy.stderr').read_text()}")
+    process = spawn(folder, config, "--http", "127.0.0.1:0", *args)
+    try:
+        urls = wait_listening_blocking(folder, process)
+    except AssertionError:
+        process.kill()
+        process.wait(5)
+        raise
+    return process, int(urls[0].rsplit(":", 1)[1]) if urls else None
 
 
 def started(folder: Path, config_text: str, *args: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -288,7 +277,7 @@ def run_cli(command: str, config: Path, *args: str) -> subprocess.CompletedProce
     extra = ["--http", "127.0.0.1:0", "--no-https", *args] if command == "run" else list(args)
     try:
         return subprocess.run(
-            [sys.executable, "-m", "proxy", command, "--config", str(config), *extra],
+            [*PROXY, command, "--config", str(config), *extra],
             capture_output=True,
             text=True,
             cwd=config.parent,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -34,11 +33,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LISTENING
+from tests.support.proxies import spawn, wait_listening_blocking
 from tests.support.rawhttp import TIMEOUT, connection, http_request
 from tests.support.system import free_port, unanswering_listener
 
-START_TIMEOUT = 15.0
 CONNECT_TIMEOUT = 0.5
 
 
@@ -354,18 +352,9 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             folder = tmp_path_factory.mktemp("upstreams")
             config = folder / "sites.yaml"
             config.write_text("\n".join(lines) + "\n")
-            with open(folder / "proxy.stdout", "wb") as out, open(folder / "proxy.stderr", "wb") as err:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "proxy", "run", "--config", str(config), "--http", "127.0.0.1:0", "--no-https"], stdout=out, stderr=err, cwd=folder
-                )
+            process = spawn(folder, config, "--http", "127.0.0.1:0", "--no-https")
             try:
-                deadline = time.monotonic() + START_TIMEOUT
-                urls: list[str] = []
-                for _ in range(10_000):
-                    urls = LISTENING.findall((folder / "proxy.stdout").read_text())
-                    if urls or process.poll() is not None or time.monotonic() > deadline:
-                        break
-                    time.sleep(0.05)
+                urls = wait_listening_blocking(folder, process)
                 assert urls, f"the proxy did not start:\n{(folder / 'proxy.stderr').read_text()}"
                 yield Rig(int(urls[0].rsplit(":", 1)[1]), process, folder, started, stuck)
             finally:

@@ -20,8 +20,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from tests.conftest import ProxyFactory
 from tests.support.certs import self_signed_context
+from tests.support.proxies import ProxyFactory
 from tests.support.rawhttp import (
     TIMEOUT,
     EchoUpstream,

@@ -18,7 +18,6 @@ import socket
 import ssl
 import stat
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.conftest import LISTENING, LISTENING_HTTPS, Proxy, ProxyFactory, write_sites
 from tests.support.certs import san_values, self_signed_files, trusting_nothing
+from tests.support.proxies import LISTENING, LISTENING_HTTPS, PROXY, Proxy, ProxyFactory, spawn, write_sites
 from tests.support.rawhttp import EchoUpstream, exchange, header_values, http_request, read_response
 from tests.support.system import require_tool
 from tests.support.waiting import wait_logged, wait_until
@@ -52,11 +51,6 @@ class TlsProxy(Proxy):
     def __init__(self, folder: Path, config: Path, process: subprocess.Popen[bytes], certs: Path) -> None:
         super().__init__(folder, config, process)
         self.certs = certs
-        self.https_urls: list[str] = []
-
-    @property
-    def https_port(self) -> int:
-        return int(self.https_urls[0].rsplit(":", 1)[1])
 
     @property
     def ca_pem(self) -> Path:
@@ -88,7 +82,7 @@ DEFAULT_CERTS = object()
 
 
 def proxy_command(config: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "proxy", *args[:1], "--config", str(config), *args[1:]]
+    return [*PROXY, *args[:1], "--config", str(config), *args[1:]]
 
 
 @pytest.fixture
@@ -109,10 +103,7 @@ async def start_tls_proxy(tmp_path: Path) -> AsyncIterator[TlsProxyFactory]:
         write_sites(config, sites)
         certs_dir = tmp_path / "certs" if certs is DEFAULT_CERTS else (folder / "certs" if certs is None else Path(certs))
         flags = [*(["--http", http] if http else []), *(["--https", https] if https else []), *([] if certs is None else ["--certs", str(certs_dir)])]
-        # Popen returns at once; the files stay with the child, which may outlive any pipe reader.
-        with open(folder / "proxy.stdout", "wb") as stdout, open(folder / "proxy.stderr", "wb") as stderr:
-            process = subprocess.Popen(proxy_command(config, "run", *flags, *args), stdout=stdout, stderr=stderr, cwd=folder)
-        proxy = TlsProxy(folder, config, process, certs_dir)
+        proxy = TlsProxy(folder, config, spawn(folder, config, *flags, *args), certs_dir)
         started.append(proxy)
         await proxy.wait_both_listening()
         return proxy

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestServer
 from proxy.config.model import Upstream
 from proxy.diagnostics.nearby import explain_nearby
 from proxy.diagnostics.ports import ListeningSocket
-from tests.conftest import ProxyFactory
+from tests.support.proxies import ProxyFactory
 from tests.support.system import free_port
 
 APP = Upstream("http", "localhost", 5173)

@@ -14,7 +14,6 @@ import re
 import socket
 import socketserver
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from proxy.config.parse import normalize_site_name, parse_config, parse_listen_a
 from proxy.errors import ConfigErrors, ListenError, Mark
 from proxy.names import OWN_HOSTS, normalize_host
 from proxy.routing.table import RoutingTable, match_route
+from tests.support.proxies import spawn, wait_listening_blocking
 
 T = TypeVar("T")
 FOLDER = "/srv/project"
@@ -1036,21 +1036,11 @@ def live_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveProxy]:
         f"      /api: {{upstream: {port}, strip_prefix: true}}\n"
         f"      /static: {{root: ./public, spa: true}}\n"
     )
-    stdout_path, stderr_path = folder / "proxy.stdout", folder / "proxy.stderr"
-    with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "run", "--config", str(config), "--http", "127.0.0.1:0", "--no-https"],
-            stdout=stdout,
-            stderr=stderr,
-            cwd=folder,
-        )
+    process = spawn(folder, config, "--http", "127.0.0.1:0", "--no-https")
     try:
-        deadline = time.monotonic() + 15
-        while not (found := re.search(r"listening on http://127\.0\.0\.1:(\d+)", stdout_path.read_text(errors="replace"))):
-            assert process.poll() is None, f"proxy exited with {process.returncode}: {stderr_path.read_text(errors='replace')}"
-            assert time.monotonic() < deadline, "no 'listening on' line within 15 s"
-            time.sleep(0.05)
-        yield LiveProxy(process, int(found.group(1)), upstream, folder)
+        urls = wait_listening_blocking(folder, process)
+        assert urls, f"proxy exited with {process.returncode}: {(folder / 'proxy.stderr').read_text(errors='replace')}"
+        yield LiveProxy(process, int(urls[0].rsplit(":", 1)[1]), upstream, folder)
     finally:
         if process.poll() is None:
             process.terminate()

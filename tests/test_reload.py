@@ -28,7 +28,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from proxy.config.reload import ConfigWatcher
-from tests.conftest import LISTENING, Proxy, ProxyFactory
+from tests.support.proxies import LISTENING, Proxy, ProxyFactory
 from tests.support.rawhttp import EchoUpstream
 from tests.support.system import free_port
 from tests.support.waiting import DEADLINE, until, until_true, wait_logged, wait_until

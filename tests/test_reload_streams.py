@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import ProxyFactory
+from tests.support.proxies import ProxyFactory
 from tests.support.rawhttp import EchoUpstream, echo_upstream
 from tests.support.waiting import DEADLINE, until, until_true
 from tests.test_reload import (

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import Proxy, ProxyFactory
+from tests.support.proxies import Proxy, ProxyFactory
 
 MiB = 1024 * 1024
 CHUNK = 64 * 1024

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import Proxy, ProxyFactory
+from tests.support.proxies import Proxy, ProxyFactory
 from tests.support.rawhttp import TIMEOUT, canned, connection, exchange, http_request, raw_upstream
 from tests.support.system import free_port, unanswering_listener
 

@@ -21,8 +21,8 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 from websockets.asyncio.client import connect as WebsocketsConnect
 
-from tests.conftest import ProxyFactory
 from tests.support.certs import self_signed_context
+from tests.support.proxies import ProxyFactory
 from tests.support.system import free_port
 from tests.support.waiting import wait_until
 
