@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from tests.recording import Received, Rig, app1_rig, fresh, proxy_process, read_for, send
 from tests.support.rawhttp import connection, raw_upstream, read_response
+from tests.support.recording import Received, Rig, app1_rig, fresh, proxy_process, read_for, send
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -30,8 +30,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from tests.recording import WAIT, WS_GUID, Reply, Rig, app1_rig, fresh, proxy_process, read_for, recording_backend, send, websocket_accept
 from tests.support.rawhttp import connection, read_response
+from tests.support.recording import WAIT, WS_GUID, Reply, Rig, app1_rig, fresh, proxy_process, read_for, recording_backend, send, websocket_accept
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import pytest
 import pytest_asyncio
 
-from tests.recording import WAIT, RecordingBackend, assert_alive, proxy_process, read_for, recording_backend, send
 from tests.support.proxies import Proxy
 from tests.support.rawhttp import connection
+from tests.support.recording import WAIT, RecordingBackend, assert_alive, proxy_process, read_for, recording_backend, send
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

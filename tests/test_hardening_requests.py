@@ -37,8 +37,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from tests.recording import WAIT, Received, Rig, app1_rig, fresh, proxy_process, read_for, recording_backend, send
 from tests.support.rawhttp import connection
+from tests.support.recording import WAIT, Received, Rig, app1_rig, fresh, proxy_process, read_for, recording_backend, send
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -1,8 +1,6 @@
-"""Raw-socket rig for the hardening suites: a backend that records every byte it receives, and
-the real proxy process shared by one test module.
-
-The backend splits what arrives into requests by their own framing (Content-Length or chunked),
-so a test can tell "the body held these bytes" from "a second request was smuggled in".
+"""Raw-socket rig for the hardening suites: a backend that records every byte it receives and splits
+it into requests by their own framing (so "the body held these bytes" differs from "a second request
+was smuggled in"), the real proxy process shared by one test module, and the raw client side.
 Nothing here parses with an HTTP library: what is asserted is what crossed the socket.
 """
 
