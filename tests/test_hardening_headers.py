@@ -31,7 +31,20 @@ import pytest
 import pytest_asyncio
 
 from tests.support.rawhttp import connection, read_response
-from tests.support.recording import WAIT, WS_GUID, Reply, Rig, app1_rig, fresh, proxy_process, read_for, recording_backend, send, websocket_accept
+from tests.support.recording import (
+    WAIT,
+    WS_GUID,
+    Reply,
+    Rig,
+    app1_rig,
+    assert_still_serving,
+    fresh,
+    proxy_process,
+    read_for,
+    recording_backend,
+    send,
+    websocket_accept,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -65,13 +78,6 @@ def field_names(head: bytes) -> list[str]:
     """Return the field names of a raw head (request or response), lower-cased, in order."""
     lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")[1:]
     return [line.partition(":")[0].lower() for line in lines if line]
-
-
-async def assert_still_serving(rig: Rig) -> None:
-    rig.backend.clear()
-    reply = await send(rig.proxy.port, request("Connection: close", target="/alive"))
-    assert reply.status == 200, reply.data[:300]
-    assert rig.backend.targets == ["/alive"]
 
 
 # ---------------------------------------------------------------- request hop-by-hop

@@ -38,7 +38,7 @@ import pytest
 import pytest_asyncio
 
 from tests.support.rawhttp import connection
-from tests.support.recording import WAIT, Received, Rig, app1_rig, fresh, proxy_process, read_for, recording_backend, send
+from tests.support.recording import WAIT, Received, Rig, app1_rig, assert_still_serving, fresh, proxy_process, read_for, recording_backend, send
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -70,14 +70,6 @@ def echo_target(request: Received) -> bytes:
     """A backend answer whose body is the request target, so responses can be matched to requests."""
     body = request.target.encode()
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-
-
-async def assert_still_serving(rig: Rig) -> None:
-    """A plain request after whatever the test did is forwarded once and answered."""
-    rig.backend.clear()
-    reply = await send(rig.proxy.port, b"GET /alive HTTP/1.1\r\nHost: app1.localhost\r\n\r\n", responses=1)
-    assert reply.status == 200, reply.data[:300]
-    assert rig.backend.targets == ["/alive"]
 
 
 async def assert_refused(rig: Rig, request: bytes, statuses: tuple[int, ...] = (400,)) -> None:

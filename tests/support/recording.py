@@ -394,3 +394,11 @@ def fresh(rig: Rig) -> Rig:
     assert_alive(rig.proxy)
     rig.backend.clear()
     return rig
+
+
+async def assert_still_serving(rig: Rig) -> None:
+    """A plain request after whatever the test did is forwarded once and answered."""
+    rig.backend.clear()
+    reply = await send(rig.proxy.port, b"GET /alive HTTP/1.1\r\nHost: app1.localhost\r\n\r\n", responses=1)
+    assert reply.status == 200, reply.data[:300]
+    assert rig.backend.targets == ["/alive"]
