@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import os
 import signal
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import pytest
 from tests.support.certs import trusting_nothing
 from tests.support.proxies import LISTENING, LISTENING_HTTPS, PROXY, START_TIMEOUT, spawn
 from tests.support.rawhttp import TIMEOUT, RawResponse, http_request, read_response
+from tests.support.reloading import save_rename_over
 from tests.support.system import free_port, has_ipv6_loopback
 from tests.support.waiting import wait_until_blocking
 
@@ -277,13 +277,6 @@ def test_bare_ports_from_the_file_bind_both_loopbacks_for_http_and_https_and_not
 # ---------------------------------------------------------------- reload
 
 
-def save(path: Path, text: str) -> None:
-    """Replace the file as editors do: write a temporary file, rename it over."""
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 async def own_index(port: int, *, tls: bool = False) -> RawResponse:
     """GET / as the dashboard's own host over a raw (optionally TLS, unverified) connection."""
     context = trusting_nothing() if tls else None
@@ -306,7 +299,7 @@ async def test_reload_moving_listen_to_a_remote_address_is_refused_and_the_old_l
     old_port = running.port if scheme == "http" else running.https_port
     before = proxy_listeners(running.process.pid)
 
-    save(
+    await save_rename_over(
         running.config,
         f"listen:\n  http: {listen['http'] if scheme != 'http' else moved_to}\n  https: {listen['https'] if scheme != 'https' else moved_to}\n"
         + SITES
@@ -327,7 +320,7 @@ async def test_reload_moving_listen_to_a_remote_address_is_refused_and_the_old_l
 async def test_reload_to_a_remote_address_with_allow_remote_moves_the_listener(tmp_path: Path, processes: list[Running]) -> None:
     running = launch(tmp_path / "p", 'listen:\n  http: "127.0.0.1:0"\n' + SITES, "--no-https", "--allow-remote")
     processes.append(running)
-    save(running.config, 'listen:\n  http: "0.0.0.0:0"\n' + SITES)
+    await save_rename_over(running.config, 'listen:\n  http: "0.0.0.0:0"\n' + SITES)
     running.wait_for("listening on http://0.0.0.0:", timeout=RELOAD_TIMEOUT)
     assert {ip for ip, _ in proxy_listeners(running.process.pid)} == {"0.0.0.0"}
     assert running.stop() == 0

@@ -26,6 +26,7 @@ import pytest
 from tests.support.certs import self_signed_files
 from tests.support.proxies import PROXY, spawn, wait_listening_blocking
 from tests.support.rawhttp import RawResponse, exchange, http_request
+from tests.support.reloading import save_rename_over
 from tests.support.waiting import wait_until
 
 SECRET = "SECRET-7f3a-never-served"
@@ -358,9 +359,7 @@ async def test_a_reload_to_a_root_holding_the_config_is_refused_and_the_old_root
     process, port = started(folder, "sites:\n  app1:\n    root: ../public\n", "--no-https")
     config = folder / "sites.yaml"
     try:
-        temporary = folder / "sites.yaml.tmp"
-        temporary.write_text("sites:\n  app1:\n    root: .\n")
-        temporary.replace(config)
+        await save_rename_over(config, "sites:\n  app1:\n    root: .\n")
         await wait_until(lambda: "contains this config file" in (folder / "proxy.stderr").read_text(errors="replace"), 5)
         stderr = (folder / "proxy.stderr").read_text(errors="replace")
         assert re.search(rf"{re.escape(str(config))}:3:\d+: root folder", stderr), stderr

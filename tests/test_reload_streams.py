@@ -17,8 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from tests.support.proxies import ProxyFactory
 from tests.support.rawhttp import EchoUpstream, echo_upstream
-from tests.support.waiting import DEADLINE, until, until_true
-from tests.test_reload import (
+from tests.support.reloading import (
     addr,
     api_sites,
     assert_healthy,
@@ -32,6 +31,7 @@ from tests.test_reload import (
     wait_config_ok,
     wait_routed,
 )
+from tests.support.waiting import DEADLINE, until, until_true
 
 WORKERS = 200
 
