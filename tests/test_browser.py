@@ -18,20 +18,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from playwright.async_api import async_playwright
 
+from tests.support.browser import CHROMIUM_FLAGS
 from tests.support.proxies import PROXY, Proxy, ProxyFactory
 from tests.support.system import free_port, require_tool
 
 PAGE_TEXT = "served by the app behind app1.localhost"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",  # tests run as root in CI
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",  # this machine has no internet: no update or sync calls
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture

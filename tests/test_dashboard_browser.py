@@ -20,9 +20,9 @@ from aiohttp.test_utils import TestServer
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Page, async_playwright, expect
 
+from tests.support.browser import CHROMIUM_FLAGS
 from tests.support.proxies import Proxy, ProxyFactory, write_sites
 from tests.support.system import free_port, require_tool
-from tests.test_browser import CHROMIUM_FLAGS
 
 WAIT_MS = 8_000  # any one wait in the browser; site states are probed every 2 s
 ROW = 'tr[data-host="{}"]'
