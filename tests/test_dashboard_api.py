@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.support.proxies import Proxy, ProxyFactory, write_sites
-from tests.support.rawhttp import TIMEOUT, canned, echo, raw_upstream
+from tests.support.rawhttp import TIMEOUT, AppRequest, canned, echo, raw_upstream
 from tests.support.system import free_port, require_tool
 from tests.support.waiting import DEADLINE, until
 
@@ -47,24 +47,11 @@ VITE_REFUSAL = 'Blocked request. This host ("{host}") is not allowed.\nTo allow 
 
 
 @dataclass
-class Received:
-    """One request as the backend app saw it."""
-
-    method: str
-    target: str
-    headers: list[tuple[str, str]]
-    body: bytes
-
-    def values(self, name: str) -> list[str]:
-        return [v for k, v in self.headers if k.lower() == name.lower()]
-
-
-@dataclass
 class Backend:
     """A real app on 127.0.0.1 that records every request and answers by path (echo by default)."""
 
     server: TestServer
-    received: list[Received] = field(default_factory=list)
+    received: list[AppRequest] = field(default_factory=list)
     release_stream: asyncio.Event = field(default_factory=asyncio.Event)  # /stream sends its last event once set
 
     @property
@@ -76,7 +63,7 @@ class Backend:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def last(self) -> Received:
+    def last(self) -> AppRequest:
         assert self.received, "the backend received nothing"
         return self.received[-1]
 
@@ -88,9 +75,7 @@ async def run_backend(port: int | None = None) -> AsyncIterator[Backend]:
     backend = Backend(TestServer(app, host="127.0.0.1", port=port))
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
-        backend.received.append(Received(request.method, request.raw_path, headers, body))
+        backend.received.append(await AppRequest.read(request))
         path = request.path
         if path == "/json":
             return web.Response(body=JSON_BODY, content_type="application/json")

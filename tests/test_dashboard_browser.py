@@ -22,23 +22,11 @@ from playwright.async_api import Page, async_playwright, expect
 
 from tests.support.browser import CHROMIUM_FLAGS
 from tests.support.proxies import Proxy, ProxyFactory, write_sites
+from tests.support.rawhttp import AppRequest
 from tests.support.system import free_port, require_tool
 
 WAIT_MS = 8_000  # any one wait in the browser; site states are probed every 2 s
 ROW = 'tr[data-host="{}"]'
-
-
-@dataclass(frozen=True)
-class Received:
-    """One request as the backend saw it."""
-
-    method: str
-    path: str
-    headers: list[tuple[str, str]]
-    body: bytes
-
-    def values(self, name: str) -> list[str]:
-        return [v for k, v in self.headers if k.lower() == name.lower()]
 
 
 @dataclass
@@ -46,7 +34,7 @@ class Recorder:
     """A running backend that keeps every request it receives, in order."""
 
     server: TestServer
-    received: list[Received] = field(default_factory=list)
+    received: list[AppRequest] = field(default_factory=list)
 
     @property
     def port(self) -> int:
@@ -61,13 +49,12 @@ async def recording_upstream(port: int | None = None) -> AsyncIterator[Recorder]
     The answer never repeats request headers, so a secret seen in the page can only come from the
     inspector's view of the request, not from a response body.
     """
-    received: list[Received] = []
+    received: list[AppRequest] = []
 
     async def handle(request: web.Request) -> web.Response:
-        body = await request.read()
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
-        received.append(Received(request.method, request.raw_path, headers, body))
-        return web.json_response({"app": "recorder", "method": request.method, "path": request.raw_path, "body_bytes": len(body)})
+        seen = await AppRequest.read(request)
+        received.append(seen)
+        return web.json_response({"app": "recorder", "method": seen.method, "path": seen.target, "body_bytes": len(seen.body)})
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
@@ -167,7 +154,7 @@ async def test_dashboard_lists_sites_with_links_and_goes_live(start_proxy: Proxy
     await page.locator(f"{ROW.format('app1.localhost')} a").click()
     await page.wait_for_url(f"http://app1.localhost:{proxy.port}/")
     assert "recorder" in await page.content()
-    assert (recorder.received[0].method, recorder.received[0].path) == ("GET", "/"), "the site's link did not lead to its app"
+    assert (recorder.received[0].method, recorder.received[0].target) == ("GET", "/"), "the site's link did not lead to its app"
 
 
 async def test_a_site_going_down_turns_red_without_a_reload(start_proxy: ProxyFactory, page: Page, tmp_path: Path) -> None:
@@ -230,7 +217,7 @@ async def test_replay_sends_the_same_request_to_the_backend_again(
 
     assert len(recorder.received) == 2, recorder.received
     first, second = recorder.received
-    assert (second.method, second.path, second.body) == (first.method, first.path, first.body) == ("POST", "/orders?draft=1", b'{"item": "tea", "qty": 2}')
+    assert (second.method, second.target, second.body) == (first.method, first.target, first.body) == ("POST", "/orders?draft=1", b'{"item": "tea", "qty": 2}')
     # The replay client writes Content-Length where it likes; names and values must all match.
     assert sorted(second.headers) == sorted(first.headers), "a replay should reach the backend with the captured headers"
     replays = page.locator("#requests tbody tr", has=page.locator(".tag", has_text=f"replay of #{number}"))
@@ -262,7 +249,7 @@ async def test_edit_and_replay_sends_the_edited_request(
 
     assert len(recorder.received) == 2, recorder.received
     edited = recorder.received[1]
-    assert (edited.method, edited.path, edited.body) == ("PUT", "/edited", b"changed")
+    assert (edited.method, edited.target, edited.body) == ("PUT", "/edited", b"changed")
     assert edited.values("X-Edited") == ["yes"]
     assert edited.values("X-Trace") == ["trace-edit"]
     assert edited.values("Content-Length") == ["7"]

@@ -119,6 +119,25 @@ def header_values(echoed: dict[str, Any], name: str) -> list[str]:
 # ---------------------------------------------------------------- upstreams
 
 
+@dataclass(frozen=True)
+class AppRequest:
+    """One request as an upstream app saw it: method, raw target, headers (all, in order), body."""
+
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def values(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+    @classmethod
+    async def read(cls, request: web.Request) -> AppRequest:
+        """Return what the request carried, its body read whole."""
+        body = await request.read()
+        return cls(request.method, request.raw_path, [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers], body)
+
+
 @dataclass
 class EchoUpstream:
     """A running echo app that tags its answers with X-Upstream and remembers every target."""
