@@ -23,7 +23,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.support.proxies import LISTENING, PROXY, ProxyFactory, cli, write
-from tests.support.system import free_port, has_ipv6_loopback
+from tests.support.system import free_port, needs_ipv6
 from tests.support.waiting import wait_until
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "localhost-proxy"
@@ -40,9 +40,6 @@ THREE_ERRORS = textwrap.dedent(
       app1.localhost: 5000
     """
 )
-
-
-needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no ::1 on this machine")
 
 
 def no_traceback(result: subprocess.CompletedProcess[str]) -> None:

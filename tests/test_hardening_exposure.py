@@ -35,13 +35,12 @@ from tests.support.certs import trusting_nothing
 from tests.support.proxies import LISTENING, LISTENING_HTTPS, PROXY, START_TIMEOUT, spawn
 from tests.support.rawhttp import TIMEOUT, RawResponse, http_request, read_response
 from tests.support.reloading import save_rename_over
-from tests.support.system import free_port, has_ipv6_loopback
+from tests.support.system import free_port, needs_ipv6
 from tests.support.waiting import wait_until_blocking
 
 LOOPBACK = {"127.0.0.1", "::1"}
 BARE_404 = b"Not Found\n"
 RELOAD_TIMEOUT = 5.0
-needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
 
 
 # ---------------------------------------------------------------- a proxy process, driven synchronously

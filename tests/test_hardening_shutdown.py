@@ -28,7 +28,7 @@ from aiohttp.test_utils import TestServer
 
 from tests.support.proxies import Proxy, ProxyFactory
 from tests.support.rawhttp import TIMEOUT, RawHandler, RawResponse, connection, http_request, raw_upstream, read_response
-from tests.support.system import has_ipv6_loopback
+from tests.support.system import needs_ipv6
 from tests.support.waiting import is_refused, wait_exit, wait_until
 
 GRACE = 5.0  # server.SHUTDOWN_GRACE: what the proxy promises in-flight requests
@@ -96,7 +96,7 @@ async def send(
 # ---------------------------------------------------------------- stop accepting, finish what is in flight
 
 
-@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
+@needs_ipv6
 async def test_every_listener_refuses_at_once_while_the_in_flight_request_finishes_with_200(start_proxy: ProxyFactory) -> None:
     seen = Seen()
     async with raw_upstream(slow_backend(seen, 1.0)) as port:

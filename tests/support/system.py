@@ -37,6 +37,9 @@ def has_ipv6_loopback() -> bool:
         return False
 
 
+needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a port that nothing listens on right now (on both loopbacks when possible)."""
     for _ in range(50):
