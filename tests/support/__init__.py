@@ -1,1 +1,1 @@
-"""Helpers the test modules share: waiting, raw HTTP, the recording rig, certificates, the proxy process."""
+"""Helpers the test modules share, by what they do: waiting, raw HTTP, the recording rig, the proxy process, reloads, certificates."""

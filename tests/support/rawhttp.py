@@ -1,5 +1,6 @@
 """Raw HTTP on the wire for tests: requests written byte by byte, responses read without a client
-library's help, and small upstreams (an echo app that tags its answers, raw canned answers).
+library's help, and small upstreams (an echo app that tags its answers, raw canned answers) with
+the record of a request as an app saw it.
 """
 
 from __future__ import annotations

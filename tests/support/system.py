@@ -1,7 +1,6 @@
-"""What this machine offers the tests: system tools, an IPv6 loopback, ports.
-
-Ports are probed on loopback only: one free on 127.0.0.1 and ::1 alike, or one whose listen
-backlog is full, so that a connection to it neither completes nor is refused.
+"""What this machine offers the tests: system tools, an IPv6 loopback (and a mark that skips without
+it), and ports on loopback: one free on 127.0.0.1 and ::1 alike, or one whose listen backlog is full,
+so that a connection to it neither completes nor is refused.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Waiting with a deadline: a probe polled until it holds, a signalled proxy until it exits, a line
-until the proxy logs it, and whether a port refuses new connections right now.
-
-`until` and `until_true` fail naming what did not happen; `wait_until` and `wait_until_blocking`
-only say whether it happened, for callers that assert with their own message.
+until the proxy logs it, and whether a port refuses new connections right now. `until` and
+`until_true` fail naming what did not happen; `wait_until` and `wait_until_blocking` only say
+whether it happened, for callers that assert with their own message.
 """
 
 from __future__ import annotations
@@ -16,7 +15,9 @@ from typing import Protocol, TypeVar
 
 T = TypeVar("T")
 
-DEADLINE = 5.0  # seconds a change may take to show: a reload (debounce included), a capture, an event, a log line
+# Seconds a change may take to show: a reload (debounce included; the spec says about 1 s), a capture,
+# an event, a log line.
+DEADLINE = 5.0
 INTERVAL = 0.05  # seconds between two probes
 PROBES = 100_000  # every loop is bounded in count as well as in time
 
