@@ -6,10 +6,12 @@ Files are written under pytest's tmp_path, never into the checkout.
 
 from __future__ import annotations
 
-import asyncio
+import atexit
 import resource
+import shutil
+import tempfile
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,15 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from tests.support.proxies import Proxy, ProxyFactory, spawn, write_sites
 from tests.support.rawhttp import EchoUpstream, echo, echo_upstream
+
+# Hypothesis keeps caches in ./.hypothesis by default: in a temporary folder instead, never the checkout.
+_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="localhost-proxy-tests-hypothesis-")
+set_hypothesis_home_dir(_HYPOTHESIS_HOME)
+atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, ignore_errors=True)
 
 
 @pytest.fixture
@@ -86,30 +94,6 @@ async def upstream_b() -> AsyncIterator[EchoUpstream]:
     """An echo app that answers with X-Upstream: B."""
     async with echo_upstream("B") as upstream:
         yield upstream
-
-
-@pytest.fixture
-def raw_request() -> Callable[..., Awaitable[bytes]]:
-    """Send raw bytes to host:port and return everything read until the peer closes or goes quiet."""
-
-    async def send(port: int, data: bytes, *, host: str = "127.0.0.1", quiet: float = 1.0, limit: int = 1 << 20) -> bytes:
-        reader, writer = await asyncio.open_connection(host, port)
-        writer.write(data)
-        await writer.drain()
-        received = b""
-        try:
-            while len(received) < limit:
-                chunk = await asyncio.wait_for(reader.read(65536), timeout=quiet)
-                if not chunk:
-                    break
-                received += chunk
-        except TimeoutError:
-            pass
-        finally:
-            writer.close()
-        return received
-
-    return send
 
 
 @pytest.fixture(autouse=True)

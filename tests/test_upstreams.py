@@ -10,14 +10,14 @@ from proxy.forwarding.health import UpstreamHealth
 A, B, C = (Upstream("http", "127.0.0.1", port) for port in (3001, 3002, 3003))
 
 
-def firsts(book: UpstreamHealth, upstreams: Upstreams, turns: int) -> list[int]:
-    return [book.attempt_order(upstreams)[0].port for _ in range(turns)]
+def firsts(health: UpstreamHealth, upstreams: Upstreams, turns: int) -> list[int]:
+    return [health.attempt_order(upstreams)[0].port for _ in range(turns)]
 
 
 def test_single_upstream_is_always_tried_alone() -> None:
-    book = UpstreamHealth()
-    book.mark_down(A, "refused")
-    assert [list(book.attempt_order(Upstreams((A,)))) for _ in range(3)] == [[A]] * 3
+    health = UpstreamHealth()
+    health.mark_down(A, "refused")
+    assert [list(health.attempt_order(Upstreams((A,)))) for _ in range(3)] == [[A]] * 3
 
 
 @pytest.mark.parametrize(
@@ -33,9 +33,9 @@ def test_round_robin_takes_turns(addresses: tuple[Upstream, ...], expected: list
 
 
 def test_each_attempt_order_lists_every_address_once_in_turn_order() -> None:
-    book = UpstreamHealth()
+    health = UpstreamHealth()
     upstreams = Upstreams((A, B, C))
-    assert [list(book.attempt_order(upstreams)) for _ in range(3)] == [[A, B, C], [B, C, A], [C, A, B]]
+    assert [list(health.attempt_order(upstreams)) for _ in range(3)] == [[A, B, C], [B, C, A], [C, A, B]]
 
 
 @pytest.mark.parametrize(
@@ -48,43 +48,43 @@ def test_each_attempt_order_lists_every_address_once_in_turn_order() -> None:
     ids=["one-down-goes-last", "two-down", "all-down-still-rotate"],
 )
 def test_known_down_addresses_are_tried_last(down: list[Upstream], expected_orders: list[list[Upstream]]) -> None:
-    book = UpstreamHealth()
+    health = UpstreamHealth()
     for upstream in down:
-        book.mark_down(upstream, "connection refused")
+        health.mark_down(upstream, "connection refused")
     upstreams = Upstreams((A, B, C))
-    assert [list(book.attempt_order(upstreams)) for _ in range(3)] == expected_orders
+    assert [list(health.attempt_order(upstreams)) for _ in range(3)] == expected_orders
 
 
 def test_marking_up_again_restores_its_turn() -> None:
-    book = UpstreamHealth()
+    health = UpstreamHealth()
     upstreams = Upstreams((A, B))
-    book.mark_down(B, "refused")
-    assert firsts(book, upstreams, 2) == [3001, 3001]
-    book.mark_up(B)
-    assert firsts(book, upstreams, 2) == [3001, 3002]
+    health.mark_down(B, "refused")
+    assert firsts(health, upstreams, 2) == [3001, 3001]
+    health.mark_up(B)
+    assert firsts(health, upstreams, 2) == [3001, 3002]
 
 
 def test_never_tried_counts_as_maybe_up() -> None:
-    book = UpstreamHealth()
-    book.mark_up(A)
-    assert book.state(B).is_up is None
-    assert firsts(book, Upstreams((A, B)), 2) == [3001, 3002]
+    health = UpstreamHealth()
+    health.mark_up(A)
+    assert health.state(B).is_up is None
+    assert firsts(health, Upstreams((A, B)), 2) == [3001, 3002]
 
 
 def test_state_and_turn_outlive_a_reload_that_builds_equal_objects() -> None:
-    book = UpstreamHealth()
-    assert firsts(book, Upstreams((A, B)), 1) == [3001]
-    book.mark_down(Upstream("http", "127.0.0.1", 3001), "refused")
+    health = UpstreamHealth()
+    assert firsts(health, Upstreams((A, B)), 1) == [3001]
+    health.mark_down(Upstream("http", "127.0.0.1", 3001), "refused")
     reloaded = Upstreams((Upstream("http", "127.0.0.1", 3001), Upstream("http", "127.0.0.1", 3002)), preserve_host=False)
-    assert book.state(A).is_up is False
-    assert firsts(book, reloaded, 2) == [3002, 3002]
+    assert health.state(A).is_up is False
+    assert firsts(health, reloaded, 2) == [3002, 3002]
 
 
 def test_separate_lists_keep_separate_turns() -> None:
-    book = UpstreamHealth()
-    assert firsts(book, Upstreams((A, B)), 1) == [3001]
-    assert firsts(book, Upstreams((B, C)), 1) == [3002]
-    assert firsts(book, Upstreams((A, B)), 1) == [3002]
+    health = UpstreamHealth()
+    assert firsts(health, Upstreams((A, B)), 1) == [3001]
+    assert firsts(health, Upstreams((B, C)), 1) == [3002]
+    assert firsts(health, Upstreams((A, B)), 1) == [3002]
 
 
 @pytest.mark.parametrize(
@@ -98,27 +98,27 @@ def test_separate_lists_keep_separate_turns() -> None:
     ids=["never-tried", "down", "new-reason", "back-up-clears-error"],
 )
 def test_state_records_the_last_attempt(steps: list[tuple[str, str]], is_up: bool | None, last_error: str) -> None:
-    book = UpstreamHealth()
+    health = UpstreamHealth()
     for kind, reason in steps:
         if kind == "down":
-            book.mark_down(A, reason)
+            health.mark_down(A, reason)
         else:
-            book.mark_up(A)
-    state = book.state(A)
+            health.mark_up(A)
+    state = health.state(A)
     assert (state.is_up, state.last_error) == (is_up, last_error)
 
 
 @pytest.mark.parametrize("kind", ["up", "down"])
 def test_repeating_the_same_state_keeps_changed_at(kind: str) -> None:
-    book = UpstreamHealth()
+    health = UpstreamHealth()
 
     def mark() -> None:
         if kind == "up":
-            book.mark_up(A)
+            health.mark_up(A)
         else:
-            book.mark_down(A, "refused")
+            health.mark_down(A, "refused")
 
     mark()
-    book.state(A).changed_at = 1.0  # a sentinel the book must not overwrite
+    health.state(A).changed_at = 1.0  # a sentinel the health must not overwrite
     mark()
-    assert book.state(A).changed_at == 1.0
+    assert health.state(A).changed_at == 1.0
