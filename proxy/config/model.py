@@ -48,6 +48,7 @@ class Upstream:
     dial_hosts: tuple[str, ...] = field(init=False, compare=False, repr=False)
     is_loopback: bool = field(init=False, compare=False, repr=False)
     authority: str = field(init=False, compare=False, repr=False)
+    _hash: int = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Vite on recent Node listens on ::1 only, most other servers on 127.0.0.1 only.
@@ -55,6 +56,11 @@ class Upstream:
         object.__setattr__(self, "dial_hosts", dial_hosts)
         object.__setattr__(self, "is_loopback", all(is_local_name(h) for h in dial_hosts))
         object.__setattr__(self, "authority", f"{format_host(self.host)}:{self.port}")
+        # Hashed on every request (the pool and the health record key by it): once is enough.
+        object.__setattr__(self, "_hash", hash((self.scheme, self.host, self.port)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def tried_addresses(self) -> tuple[str, ...]:

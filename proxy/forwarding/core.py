@@ -33,7 +33,7 @@ from proxy.forwarding.decide import (
     UnknownSite,
     decide,
 )
-from proxy.forwarding.failures import failure_problem
+from proxy.forwarding.failures import UpstreamFailure, failure_problem
 from proxy.forwarding.health import UpstreamHealth
 from proxy.forwarding.http import Forwarder, keep_unread_body
 from proxy.forwarding.pages import Problem, bare_not_found, problem_answer, unknown_site_answer
@@ -106,9 +106,9 @@ class Core:
         decision = decide(request, snapshot, https_port=self.https_port)
         if isinstance(decision, Forward):  # the common case first
             self._capture(exchange, decision.match.site, replay_of)
-            failed = await self._forward(request, sink, decision, exchange)
-            if failed is not None:
-                self._answer(failed, sink, exchange)
+            failure = await self.forwarder.forward(request, sink, decision, exchange)
+            if failure is not None:
+                self._answer(await self._failure_answer(request, decision, failure, exchange), sink, exchange)
             return
         if isinstance(decision, ServeStatic):
             self._capture(exchange, decision.match.site, replay_of)
@@ -163,11 +163,8 @@ class Core:
             )
         return problem_answer(problem, _accept(request), _dashboard_url(request))
 
-    async def _forward(self, request: ProxyRequest, sink: ResponseSink, decision: Forward, exchange: Exchange) -> Answer | None:
-        """Forward the request; return the error page when no upstream took it."""
-        failure = await self.forwarder.forward(request, sink, decision, exchange)
-        if failure is None:
-            return None
+    async def _failure_answer(self, request: ProxyRequest, decision: Forward, failure: UpstreamFailure, exchange: Exchange) -> Answer:
+        """Return the 502/504 page for a request no upstream took, saying what listens nearby when it was refused."""
         exchange.note = failure.reason
         exchange.upstream = failure.upstream.authority if failure.upstream else ""
         await keep_unread_body(request, exchange, BODY_LIMIT)

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from proxy.config.model import Upstream, Upstreams
+from proxy.config.model import Upstream
 from proxy.diagnostics.inspector import Exchange
 from proxy.forwarding.answer import date_field
 from proxy.forwarding.contract import ClientGone, ProxyRequest, RequestBody, ResponseSink
@@ -81,51 +81,28 @@ class Forwarder:
         await asyncio.gather(*(s.end() for s in streams), return_exceptions=True)
 
     async def forward(self, request: ProxyRequest, sink: ResponseSink, decision: Forward, exchange: Exchange) -> UpstreamFailure | None:
-        """Forward a request and stream the answer back; return the failure when no upstream could take it."""
-        upstreams = decision.upstreams
-        body = request.body
-        # Without a length the client's body ends when the client says (HTTP/1.1 chunked): so does the proxy's.
-        chunked = body is not None and body.length is None
-        asks_upgrade = request.upgrade is not None
-        method, target = request.method, decision.match.target
+        """Forward a request and stream the answer back; return the failure when no upstream could take it.
 
-        async def send(upstream: Upstream) -> _Sent:
-            fields = request_fields_for_upstream(
-                request.fields,
-                client_ip=request.client_ip,
-                proto=request.scheme,
-                host_header=exchange.host_header,
-                upstream_host=None if upstreams.preserve_host else upstream.authority,
-                via=decision.via,
-                upgrade=request.upgrade,
-            )
-            head = request_head(method, target, fields, chunked=chunked)
-            verify = upstreams.should_verify(upstream)
-            connection = self.pool.take_idle(upstream, verify=verify) or await self.pool.connect(
-                upstream, verify=verify, connect_timeout=upstreams.connect_timeout
-            )
-            while True:
-                answer = connection.send_head(head, is_head_request=method == "HEAD", asks_upgrade=asks_upgrade)
-                body_task = asyncio.create_task(_send_body(connection, body, exchange, chunked)) if body is not None else None
-                try:
-                    if asks_upgrade:  # a WebSocket handshake counts as connecting: an app that never answers it is a 504
-                        async with asyncio.timeout(upstreams.connect_timeout):
-                            return _Sent(connection, await answer, body_task)
-                    return _Sent(connection, await answer, body_task)
-                except BaseException as exc:
-                    if body_task is not None:
-                        body_task.cancel()
-                    self.pool.release(connection)
-                    # A pooled connection the app had closed meanwhile: once more on a new one, when that cannot repeat a side effect.
-                    if not (isinstance(exc, UpstreamClosed) and exc.before_response and connection.reused and body is None and method in IDEMPOTENT_METHODS):
-                        raise
-                connection = await self.pool.connect(upstream, verify=verify, connect_timeout=upstreams.connect_timeout)
-
-        # Once part of the body has gone upstream it cannot be sent to another one.
-        reached = await self._first_reachable(upstreams, send, may_retry=lambda: body is None or not body.is_started)
-        if isinstance(reached, UpstreamFailure):
-            return reached
-        upstream, sent = reached
+        The upstreams are tried in turn: a refused or timed-out one passes the request to the next,
+        as long as none of its body has gone upstream yet.
+        """
+        upstreams, body = decision.upstreams, request.body
+        failure: UpstreamFailure | None = None
+        for upstream in self.health.attempt_order(upstreams):
+            try:
+                sent = await self._send(request, upstream, decision, exchange)
+            except FAILURES as exc:
+                failure = dataclasses.replace(describe_failure(exc, upstream, upstreams.connect_timeout), upstream=upstream)
+                self.health.mark_down(upstream, failure.reason)
+                log.info("%s: %s (tried %s)", upstream, failure.reason, ", ".join(failure.tried))
+                if failure.may_try_next and (body is None or not body.is_started):
+                    continue
+                return failure
+            self.health.mark_up(upstream)
+            break
+        else:
+            assert failure is not None
+            return failure
         exchange.upstream = upstream.authority
         try:
             is_tunnel = sent.connection.is_tunnel
@@ -151,29 +128,40 @@ class Forwarder:
                 sent.body_task.cancel()
             self.pool.release(sent.connection)
 
-    async def _first_reachable(
-        self, upstreams: Upstreams, attempt: Callable[[Upstream], Awaitable[T]], *, may_retry: Callable[[], bool]
-    ) -> tuple[Upstream, T] | UpstreamFailure:
-        """Return the first upstream, in turn, that `attempt` reaches and what it returned; else the last failure.
-
-        A refused or timed-out upstream passes the request to the next one in the list, as long as
-        `may_retry()` says nothing of the request is gone yet.
-        """
-        failure: UpstreamFailure | None = None
-        for upstream in self.health.attempt_order(upstreams):
+    async def _send(self, request: ProxyRequest, upstream: Upstream, decision: Forward, exchange: Exchange) -> _Sent:
+        """Send the request to one upstream (its body streaming on in a task) and return once the answer's head is in."""
+        upstreams, body, method = decision.upstreams, request.body, request.method
+        # Without a length the client's body ends when the client says (HTTP/1.1 chunked): so does the proxy's.
+        chunked = body is not None and body.length is None
+        asks_upgrade = request.upgrade is not None
+        fields = request_fields_for_upstream(
+            request.fields,
+            client_ip=request.client_ip,
+            proto=request.scheme,
+            host_header=exchange.host_header,
+            upstream_host=None if upstreams.preserve_host else upstream.authority,
+            via=decision.via,
+            upgrade=request.upgrade,
+        )
+        head = request_head(method, decision.match.target, fields, chunked=chunked)
+        verify = upstreams.should_verify(upstream)
+        connection = self.pool.take_idle(upstream, verify=verify) or await self.pool.connect(upstream, verify=verify, connect_timeout=upstreams.connect_timeout)
+        while True:
+            answer = connection.send_head(head, is_head_request=method == "HEAD", asks_upgrade=asks_upgrade)
+            body_task = asyncio.create_task(_send_body(connection, body, exchange, chunked)) if body is not None else None
             try:
-                result = await attempt(upstream)
-            except FAILURES as exc:
-                failure = dataclasses.replace(describe_failure(exc, upstream, upstreams.connect_timeout), upstream=upstream)
-                self.health.mark_down(upstream, failure.reason)
-                log.info("%s: %s (tried %s)", upstream, failure.reason, ", ".join(failure.tried))
-                if failure.may_try_next and may_retry():
-                    continue
-                break
-            self.health.mark_up(upstream)
-            return upstream, result
-        assert failure is not None
-        return failure
+                if asks_upgrade:  # a WebSocket handshake counts as connecting: an app that never answers it is a 504
+                    async with asyncio.timeout(upstreams.connect_timeout):
+                        return _Sent(connection, await answer, body_task)
+                return _Sent(connection, await answer, body_task)
+            except BaseException as exc:
+                if body_task is not None:
+                    body_task.cancel()
+                self.pool.release(connection)
+                # A pooled connection the app had closed meanwhile: once more on a new one, when that cannot repeat a side effect.
+                if not (isinstance(exc, UpstreamClosed) and exc.before_response and connection.reused and body is None and method in IDEMPOTENT_METHODS):
+                    raise
+            connection = await self.pool.connect(upstream, verify=verify, connect_timeout=upstreams.connect_timeout)
 
     async def _relay_response(self, sink: ResponseSink, sent: _Sent, client: ClientFields, exchange: Exchange) -> None:
         head, connection = sent.head, sent.connection
